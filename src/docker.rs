@@ -1,0 +1,324 @@
+//! The few Docker Engine API calls dockwatch makes, behind a trait so that tests can feed
+//! recorded payloads without a daemon.
+//!
+//! The real implementation wraps bollard. It negotiates the API version on first use (Engine
+//! 20.10 speaks 1.41, bollard defaults to a newer one) and keeps retrying until the engine
+//! answers, so dockwatch can start before Docker does.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerInspectResponse, ContainerStatsResponse, ContainerSummary, ContainerTopResponse,
+    EventMessage, ImageInspect,
+};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder, TopOptionsBuilder,
+};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::Mutex;
+
+/// Errors from the Docker Engine, classified by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The object does not exist (any more): a container removed between list and stats.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+    },
+    /// The request conflicts with the object's state, e.g. stats of a stopped container.
+    #[error("conflict on {what}: {message}")]
+    Conflict {
+        /// What was acted on.
+        what: String,
+        /// Engine's explanation.
+        message: String,
+    },
+    /// The engine could not be reached at all.
+    #[error("docker engine unreachable")]
+    Unreachable(#[source] BollardError),
+    /// Any other failure the engine reported.
+    #[error("docker request failed")]
+    Api(#[source] BollardError),
+    /// The stats stream ended without a sample.
+    #[error("no stats sample for {what}")]
+    NoSample {
+        /// The container.
+        what: String,
+    },
+}
+
+impl DockerError {
+    fn from_bollard(what: &str, err: BollardError) -> Self {
+        match err {
+            BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            } => Self::NotFound { what: what.into() },
+            BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => Self::Conflict {
+                what: what.into(),
+                message,
+            },
+            e @ (BollardError::HyperResponseError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::SocketNotFoundError(_)) => Self::Unreachable(e),
+            e => Self::Api(e),
+        }
+    }
+
+    /// Whether the object vanished or stopped between two calls: expected churn, not a fault.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::NotFound { .. } | Self::Conflict { .. })
+    }
+}
+
+/// Engine version facts dockwatch exports and acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineVersion {
+    /// Engine release, e.g. `20.10.24`.
+    pub version: String,
+    /// Negotiated API version, e.g. `1.41`.
+    pub api_version: String,
+}
+
+impl EngineVersion {
+    /// Whether the stats endpoint accepts `one-shot` (API 1.41 and later).
+    pub fn supports_one_shot(&self) -> bool {
+        let mut parts = self.api_version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (1, 41)
+    }
+}
+
+/// How a quarantine action treats the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerAction {
+    /// `docker stop`.
+    Stop,
+    /// `docker pause`.
+    Pause,
+    /// Disconnect from every network.
+    Disconnect,
+}
+
+/// The Docker Engine calls dockwatch uses.
+#[async_trait]
+pub trait DockerApi: Send + Sync + fmt::Debug {
+    /// `GET /version`; also negotiates the API version.
+    async fn version(&self) -> Result<EngineVersion, DockerError>;
+    /// `GET /containers/json?all=true`.
+    async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError>;
+    /// `GET /containers/{id}/json`.
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError>;
+    /// `GET /images/{id}/json`.
+    async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError>;
+    /// One stats sample, `one-shot` where the engine supports it.
+    async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, DockerError>;
+    /// `GET /containers/{id}/top`.
+    async fn top(&self, id: &str) -> Result<ContainerTopResponse, DockerError>;
+    /// Stops, pauses or disconnects a container.
+    async fn act(&self, id: &str, action: ContainerAction) -> Result<(), DockerError>;
+    /// The container event stream, from now on.
+    fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>>;
+}
+
+/// [`DockerApi`] over bollard.
+#[derive(Debug, Clone)]
+pub struct BollardDocker {
+    client: Arc<Mutex<Docker>>,
+    negotiated: Arc<Mutex<Option<EngineVersion>>>,
+}
+
+impl BollardDocker {
+    /// Connects lazily to `host` (`unix:///…`, `tcp://…`, `http://…`); no request is made yet.
+    pub fn new(host: &str, timeout: Duration) -> Result<Self, DockerError> {
+        let host = if host.starts_with('/') {
+            format!("unix://{host}")
+        } else {
+            host.to_string()
+        };
+        let client = Docker::connect_with_host(&host)
+            .map_err(|e| DockerError::Api(e))?
+            .with_timeout(timeout);
+        Ok(Self {
+            client: Arc::new(Mutex::new(client)),
+            negotiated: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    async fn client(&self) -> Docker {
+        self.client.lock().await.clone()
+    }
+
+    async fn one_shot(&self) -> bool {
+        match &*self.negotiated.lock().await {
+            Some(v) => v.supports_one_shot(),
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl DockerApi for BollardDocker {
+    async fn version(&self) -> Result<EngineVersion, DockerError> {
+        let mut negotiated = self.negotiated.lock().await;
+        if negotiated.is_none() {
+            let client = self.client().await;
+            let client = client
+                .negotiate_version()
+                .await
+                .map_err(|e| DockerError::from_bollard("version", e))?;
+            *self.client.lock().await = client;
+        }
+        let client = self.client().await;
+        let v = client
+            .version()
+            .await
+            .map_err(|e| DockerError::from_bollard("version", e))?;
+        let cv = client.client_version();
+        let version = EngineVersion {
+            version: v.version.unwrap_or_default(),
+            api_version: format!("{}.{}", cv.major_version, cv.minor_version),
+        };
+        *negotiated = Some(version.clone());
+        Ok(version)
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
+        let opts = ListContainersOptionsBuilder::default().all(true).build();
+        self.client()
+            .await
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| DockerError::from_bollard("containers", e))
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        self.client()
+            .await
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| DockerError::from_bollard(&format!("container {id}"), e))
+    }
+
+    async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
+        self.client()
+            .await
+            .inspect_image(id)
+            .await
+            .map_err(|e| DockerError::from_bollard(&format!("image {id}"), e))
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, DockerError> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(self.one_shot().await)
+            .build();
+        let client = self.client().await;
+        let mut stream = client.stats(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(DockerError::from_bollard(&format!("container {id}"), e)),
+            None => Err(DockerError::NoSample {
+                what: format!("container {id}"),
+            }),
+        }
+    }
+
+    async fn top(&self, id: &str) -> Result<ContainerTopResponse, DockerError> {
+        let opts = TopOptionsBuilder::default().ps_args("-eo pid,comm,args").build();
+        let client = self.client().await;
+        match client.top_processes(id, Some(opts)).await {
+            Ok(t) => Ok(t),
+            // Minimal images have no `ps`-compatible argument support in every engine;
+            // retry with the engine's defaults.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 500, ..
+            }) => client
+                .top_processes(id, None::<bollard::query_parameters::TopOptions>)
+                .await
+                .map_err(|e| DockerError::from_bollard(&format!("container {id}"), e)),
+            Err(e) => Err(DockerError::from_bollard(&format!("container {id}"), e)),
+        }
+    }
+
+    async fn act(&self, id: &str, action: ContainerAction) -> Result<(), DockerError> {
+        let client = self.client().await;
+        let what = format!("container {id}");
+        match action {
+            ContainerAction::Stop => client
+                .stop_container(id, Some(StopContainerOptionsBuilder::default().t(10).build()))
+                .await
+                .map_err(|e| DockerError::from_bollard(&what, e)),
+            ContainerAction::Pause => client
+                .pause_container(id)
+                .await
+                .map_err(|e| DockerError::from_bollard(&what, e)),
+            ContainerAction::Disconnect => {
+                let inspect = client
+                    .inspect_container(id, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(|e| DockerError::from_bollard(&what, e))?;
+                let networks: Vec<String> = inspect
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .map(|n| n.into_keys().collect())
+                    .unwrap_or_default();
+                for net in networks {
+                    let req = bollard::models::NetworkDisconnectRequest {
+                        container: id.to_string(),
+                        force: Some(true),
+                    };
+                    client
+                        .disconnect_network(&net, req)
+                        .await
+                        .map_err(|e| DockerError::from_bollard(&format!("network {net}"), e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>> {
+        let this = self.clone();
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        futures_util::stream::once(async move { this.client().await })
+            .flat_map(move |client| {
+                let opts = EventsOptionsBuilder::default()
+                    .filters(&filters.clone())
+                    .build();
+                client
+                    .events(Some(opts))
+                    .map(|r| r.map_err(|e| DockerError::from_bollard("events", e)))
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shot_from_api_version() {
+        let v = |a: &str| EngineVersion {
+            version: String::new(),
+            api_version: a.into(),
+        };
+        assert!(v("1.41").supports_one_shot());
+        assert!(v("1.45").supports_one_shot());
+        assert!(!v("1.40").supports_one_shot());
+        assert!(!v("").supports_one_shot());
+    }
+}

@@ -1,0 +1,12 @@
+//! dockwatch: a Docker-host exporter for Prometheus.
+//!
+//! A background loop ([`collector`]) reads the Docker Engine and the host every interval into a
+//! [`model::Snapshot`]; [`metrics`] encodes the latest snapshot on `/metrics` ([`http`]).
+
+pub mod app;
+pub mod cli;
+pub mod collector;
+pub mod docker;
+pub mod http;
+pub mod metrics;
+pub mod model;
