@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod collector;
 pub mod docker;
+pub mod enforce;
 pub mod events;
 pub mod http;
 pub mod metrics;
