@@ -32,11 +32,19 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Address to serve HTTP on.
-    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = "0.0.0.0:9487")]
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9487"
+    )]
     pub listen_address: String,
 
     /// Path under which metrics are served.
-    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        default_value = "/metrics"
+    )]
     pub telemetry_path: String,
 
     /// Docker Engine address: unix:///path, tcp://host:port or http://host:port. Defaults to
@@ -67,7 +75,11 @@ pub struct RunArgs {
 
     /// Docker labels copied onto dockwatch_container_info as label_<sanitized key>
     /// (comma-separated). Compose project and service are always there.
-    #[arg(long = "collector.container.labels", value_name = "KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "collector.container.labels",
+        value_name = "KEYS",
+        value_delimiter = ','
+    )]
     pub container_labels: Vec<String>,
 
     /// Where the host's /proc is mounted (set to /host/proc when running in a container).

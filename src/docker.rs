@@ -48,6 +48,12 @@ pub enum DockerError {
     /// Any other failure the engine reported.
     #[error("docker request failed")]
     Api(#[source] BollardError),
+    /// `--docker.host` has a scheme dockwatch cannot speak.
+    #[error("unsupported docker host {host:?}: use unix://, tcp://, http:// or https://")]
+    UnsupportedHost {
+        /// The address given.
+        host: String,
+    },
     /// The stats stream ended without a sample.
     #[error("no stats sample for {what}")]
     NoSample {
@@ -95,7 +101,10 @@ pub struct EngineVersion {
 impl EngineVersion {
     /// Whether the stats endpoint accepts `one-shot` (API 1.41 and later).
     pub fn supports_one_shot(&self) -> bool {
-        let mut parts = self.api_version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut parts = self
+            .api_version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         (major, minor) >= (1, 41)
     }
@@ -115,7 +124,7 @@ pub enum ContainerAction {
 /// The Docker Engine calls dockwatch uses.
 #[async_trait]
 pub trait DockerApi: Send + Sync + fmt::Debug {
-    /// `GET /version`; also negotiates the API version.
+    /// `GET /version`; also (re)connects and negotiates the API version.
     async fn version(&self) -> Result<EngineVersion, DockerError>;
     /// `GET /containers/json?all=true`.
     async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError>;
@@ -134,31 +143,48 @@ pub trait DockerApi: Send + Sync + fmt::Debug {
 }
 
 /// [`DockerApi`] over bollard.
+///
+/// The connection is made on first use and remade after the socket disappeared, so dockwatch
+/// starts (and reports `dockwatch_docker_up 0`) before the engine does.
 #[derive(Debug, Clone)]
 pub struct BollardDocker {
-    client: Arc<Mutex<Docker>>,
+    host: String,
+    timeout: Duration,
+    client: Arc<Mutex<Option<Docker>>>,
     negotiated: Arc<Mutex<Option<EngineVersion>>>,
 }
 
 impl BollardDocker {
-    /// Connects lazily to `host` (`unix:///…`, `tcp://…`, `http://…`); no request is made yet.
+    /// Prepares a client for `host` (`unix:///…`, `tcp://…`, `http://…`, or a socket path);
+    /// fails only for an unsupported address.
     pub fn new(host: &str, timeout: Duration) -> Result<Self, DockerError> {
         let host = if host.starts_with('/') {
             format!("unix://{host}")
         } else {
             host.to_string()
         };
-        let client = Docker::connect_with_host(&host)
-            .map_err(|e| DockerError::Api(e))?
-            .with_timeout(timeout);
+        let supported = ["unix://", "tcp://", "http://", "https://"];
+        if !supported.iter().any(|p| host.starts_with(p)) {
+            return Err(DockerError::UnsupportedHost { host });
+        }
         Ok(Self {
-            client: Arc::new(Mutex::new(client)),
+            host,
+            timeout,
+            client: Arc::new(Mutex::new(None)),
             negotiated: Arc::new(Mutex::new(None)),
         })
     }
 
-    async fn client(&self) -> Docker {
-        self.client.lock().await.clone()
+    async fn client(&self) -> Result<Docker, DockerError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = &*slot {
+            return Ok(client.clone());
+        }
+        let client = Docker::connect_with_host(&self.host)
+            .map_err(DockerError::Unreachable)?
+            .with_timeout(self.timeout);
+        *slot = Some(client.clone());
+        Ok(client)
     }
 
     async fn one_shot(&self) -> bool {
@@ -172,16 +198,19 @@ impl BollardDocker {
 #[async_trait]
 impl DockerApi for BollardDocker {
     async fn version(&self) -> Result<EngineVersion, DockerError> {
+        // A fresh connection and negotiation on every call: the collector asks for the version
+        // at start and after the engine stopped answering, when it may have been restarted or
+        // upgraded.
         let mut negotiated = self.negotiated.lock().await;
-        if negotiated.is_none() {
-            let client = self.client().await;
-            let client = client
-                .negotiate_version()
-                .await
-                .map_err(|e| DockerError::from_bollard("version", e))?;
-            *self.client.lock().await = client;
-        }
-        let client = self.client().await;
+        *negotiated = None;
+        *self.client.lock().await = None;
+        let client = self
+            .client()
+            .await?
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::from_bollard("version", e))?;
+        *self.client.lock().await = Some(client.clone());
         let v = client
             .version()
             .await
@@ -198,7 +227,7 @@ impl DockerApi for BollardDocker {
     async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
         let opts = ListContainersOptionsBuilder::default().all(true).build();
         self.client()
-            .await
+            .await?
             .list_containers(Some(opts))
             .await
             .map_err(|e| DockerError::from_bollard("containers", e))
@@ -206,7 +235,7 @@ impl DockerApi for BollardDocker {
 
     async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
         self.client()
-            .await
+            .await?
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .map_err(|e| DockerError::from_bollard(&format!("container {id}"), e))
@@ -214,7 +243,7 @@ impl DockerApi for BollardDocker {
 
     async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
         self.client()
-            .await
+            .await?
             .inspect_image(id)
             .await
             .map_err(|e| DockerError::from_bollard(&format!("image {id}"), e))
@@ -225,7 +254,7 @@ impl DockerApi for BollardDocker {
             .stream(false)
             .one_shot(self.one_shot().await)
             .build();
-        let client = self.client().await;
+        let client = self.client().await?;
         let mut stream = client.stats(id, Some(opts));
         match stream.next().await {
             Some(Ok(s)) => Ok(s),
@@ -237,8 +266,10 @@ impl DockerApi for BollardDocker {
     }
 
     async fn top(&self, id: &str) -> Result<ContainerTopResponse, DockerError> {
-        let opts = TopOptionsBuilder::default().ps_args("-eo pid,comm,args").build();
-        let client = self.client().await;
+        let opts = TopOptionsBuilder::default()
+            .ps_args("-eo pid,comm,args")
+            .build();
+        let client = self.client().await?;
         match client.top_processes(id, Some(opts)).await {
             Ok(t) => Ok(t),
             // Minimal images have no `ps`-compatible argument support in every engine;
@@ -254,11 +285,14 @@ impl DockerApi for BollardDocker {
     }
 
     async fn act(&self, id: &str, action: ContainerAction) -> Result<(), DockerError> {
-        let client = self.client().await;
+        let client = self.client().await?;
         let what = format!("container {id}");
         match action {
             ContainerAction::Stop => client
-                .stop_container(id, Some(StopContainerOptionsBuilder::default().t(10).build()))
+                .stop_container(
+                    id,
+                    Some(StopContainerOptionsBuilder::default().t(10).build()),
+                )
                 .await
                 .map_err(|e| DockerError::from_bollard(&what, e)),
             ContainerAction::Pause => client
@@ -294,13 +328,15 @@ impl DockerApi for BollardDocker {
         let this = self.clone();
         let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
         futures_util::stream::once(async move { this.client().await })
-            .flat_map(move |client| {
-                let opts = EventsOptionsBuilder::default()
-                    .filters(&filters.clone())
-                    .build();
-                client
-                    .events(Some(opts))
-                    .map(|r| r.map_err(|e| DockerError::from_bollard("events", e)))
+            .flat_map(move |client| match client {
+                Ok(client) => {
+                    let opts = EventsOptionsBuilder::default().filters(&filters).build();
+                    client
+                        .events(Some(opts))
+                        .map(|r| r.map_err(|e| DockerError::from_bollard("events", e)))
+                        .boxed()
+                }
+                Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
             })
             .boxed()
     }

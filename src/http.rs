@@ -55,12 +55,20 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             )
         })
     } else {
-        crate::metrics::render(&registry)
-            .map(|body| (prometheus_client::encoding::prometheus_text::CONTENT_TYPE, body))
+        crate::metrics::render(&registry).map(|body| {
+            (
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body,
+            )
+        })
     };
     match rendered {
         Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
     }
 }
 
@@ -71,7 +79,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
     if done {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no collection cycle finished yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no collection cycle finished yet\n",
+        )
+            .into_response()
     }
 }
 

@@ -150,7 +150,11 @@ impl Collector for SnapshotCollector {
     }
 }
 
-fn encode_self(snapshot: &Snapshot, stats: &SelfStats, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+fn encode_self(
+    snapshot: &Snapshot,
+    stats: &SelfStats,
+    enc: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
     Family::new(
         "dockwatch_build_info",
         "Build metadata of the running dockwatch; the value is always 1",
@@ -159,7 +163,10 @@ fn encode_self(snapshot: &Snapshot, stats: &SelfStats, enc: &mut DescriptorEncod
     .sample(
         &[
             label("version", env!("CARGO_PKG_VERSION")),
-            label("revision", option_env!("DOCKWATCH_REVISION").unwrap_or("unknown")),
+            label(
+                "revision",
+                option_env!("DOCKWATCH_REVISION").unwrap_or("unknown"),
+            ),
         ],
         1.0,
     )
@@ -201,7 +208,12 @@ fn encode_self(snapshot: &Snapshot, stats: &SelfStats, enc: &mut DescriptorEncod
             "Unix time at which the last cycle that reached the Docker Engine finished",
             Kind::Gauge,
         )
-        .sample(&[], t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0))
+        .sample(
+            &[],
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        )
         .encode(enc)?;
     }
     Family::new(
@@ -217,7 +229,10 @@ fn encode_self(snapshot: &Snapshot, stats: &SelfStats, enc: &mut DescriptorEncod
         Kind::Counter,
     );
     for stage in Stage::ALL {
-        errors.push(vec![label("stage", stage.as_str())], stats.errors(stage) as f64);
+        errors.push(
+            vec![label("stage", stage.as_str())],
+            stats.errors(stage) as f64,
+        );
     }
     errors.encode(enc)?;
     let mut containers = Family::new(
@@ -227,7 +242,11 @@ fn encode_self(snapshot: &Snapshot, stats: &SelfStats, enc: &mut DescriptorEncod
     );
     if snapshot.docker_up {
         for state in ContainerState::ALL {
-            let n = snapshot.containers.iter().filter(|c| c.meta.state == state).count();
+            let n = snapshot
+                .containers
+                .iter()
+                .filter(|c| c.meta.state == state)
+                .count();
             containers.push(vec![label("state", state.as_str())], n as f64);
         }
     }
@@ -273,46 +292,198 @@ impl<'a> ContainerFamilies<'a> {
     fn new() -> Self {
         use Kind::{Counter, Gauge};
         Self {
-            info: Family::new("dockwatch_container_info", "Container metadata (image id, compose project and service, allowlisted Docker labels); the value is always 1. Join on name", Gauge),
-            state: Family::new("dockwatch_container_state", "1 for the container's current state, 0 for the others", Gauge),
-            health: Family::new("dockwatch_container_health_status", "1 for the container's current health-check status (none when it has no health check), 0 for the others", Gauge),
-            restarts: Family::new("dockwatch_container_restarts", "Restarts performed by the container's restart policy (Docker RestartCount)", Counter),
-            start_time: Family::new("dockwatch_container_start_time_seconds", "Unix time the container last started", Gauge),
-            oom_killed: Family::new("dockwatch_container_oom_killed", "1 when the container's last exit was an OOM kill", Gauge),
-            source: Family::new("dockwatch_container_stats_source", "Where the usage figures came from this cycle (api or cgroup); the value is always 1", Gauge),
-            cpu_total: Family::new("dockwatch_container_cpu_usage_seconds", "CPU time consumed, all CPUs and modes", Counter),
-            cpu_user: Family::new("dockwatch_container_cpu_user_seconds", "CPU time consumed in user mode", Counter),
-            cpu_system: Family::new("dockwatch_container_cpu_system_seconds", "CPU time consumed in kernel mode", Counter),
-            cpu_usage: Family::new("dockwatch_container_cpu_usage_ratio", "CPU used over the last collection interval in cores: 1.0 is one full core, as docker stats shows 100%", Gauge),
-            cpu_online: Family::new("dockwatch_container_cpus_online", "CPUs the container may run on (online_cpus)", Gauge),
-            cpu_limit: Family::new("dockwatch_container_spec_cpus", "CPU limit in cores (--cpus, or quota/period); absent when unlimited", Gauge),
-            cfs_periods: Family::new("dockwatch_container_cpu_cfs_periods", "CFS enforcement periods elapsed", Counter),
-            cfs_throttled_periods: Family::new("dockwatch_container_cpu_cfs_throttled_periods", "CFS periods in which the container was throttled", Counter),
-            cfs_throttled_seconds: Family::new("dockwatch_container_cpu_cfs_throttled_seconds", "Time the container spent throttled", Counter),
-            mem_usage: Family::new("dockwatch_container_memory_usage_bytes", "Memory usage including page cache, as the cgroup reports it", Gauge),
-            mem_working_set: Family::new("dockwatch_container_memory_working_set_bytes", "Memory usage minus inactive file pages: the figure docker stats shows", Gauge),
-            mem_limit: Family::new("dockwatch_container_memory_limit_bytes", "Memory limit; absent when the container has none", Gauge),
-            mem_cache: Family::new("dockwatch_container_memory_cache_bytes", "Page cache charged to the container (v1 total_cache, v2 file)", Gauge),
-            mem_rss: Family::new("dockwatch_container_memory_rss_bytes", "Anonymous memory (v1 total_rss, v2 anon)", Gauge),
-            mem_failcnt: Family::new("dockwatch_container_memory_failures", "Times memory usage hit the limit (cgroup failcnt or v2 max events); absent when the source does not report it", Counter),
-            mem_oom_kills: Family::new("dockwatch_container_memory_oom_kills", "Processes OOM-killed inside the container's cgroup; absent when the source does not report it", Counter),
-            mem_ratio: Family::new("dockwatch_container_memory_usage_ratio", "Working set as a fraction of the memory limit, or of host memory when unlimited: docker stats MEM % divided by 100", Gauge),
+            info: Family::new(
+                "dockwatch_container_info",
+                "Container metadata (image id, compose project and service, allowlisted Docker labels); the value is always 1. Join on name",
+                Gauge,
+            ),
+            state: Family::new(
+                "dockwatch_container_state",
+                "1 for the container's current state, 0 for the others",
+                Gauge,
+            ),
+            health: Family::new(
+                "dockwatch_container_health_status",
+                "1 for the container's current health-check status (none when it has no health check), 0 for the others",
+                Gauge,
+            ),
+            restarts: Family::new(
+                "dockwatch_container_restarts",
+                "Restarts performed by the container's restart policy (Docker RestartCount)",
+                Counter,
+            ),
+            start_time: Family::new(
+                "dockwatch_container_start_time_seconds",
+                "Unix time the container last started",
+                Gauge,
+            ),
+            oom_killed: Family::new(
+                "dockwatch_container_oom_killed",
+                "1 when the container's last exit was an OOM kill",
+                Gauge,
+            ),
+            source: Family::new(
+                "dockwatch_container_stats_source",
+                "Where the usage figures came from this cycle (api or cgroup); the value is always 1",
+                Gauge,
+            ),
+            cpu_total: Family::new(
+                "dockwatch_container_cpu_usage_seconds",
+                "CPU time consumed, all CPUs and modes",
+                Counter,
+            ),
+            cpu_user: Family::new(
+                "dockwatch_container_cpu_user_seconds",
+                "CPU time consumed in user mode",
+                Counter,
+            ),
+            cpu_system: Family::new(
+                "dockwatch_container_cpu_system_seconds",
+                "CPU time consumed in kernel mode",
+                Counter,
+            ),
+            cpu_usage: Family::new(
+                "dockwatch_container_cpu_usage_ratio",
+                "CPU used over the last collection interval in cores: 1.0 is one full core, as docker stats shows 100%",
+                Gauge,
+            ),
+            cpu_online: Family::new(
+                "dockwatch_container_cpus_online",
+                "CPUs the container may run on (online_cpus)",
+                Gauge,
+            ),
+            cpu_limit: Family::new(
+                "dockwatch_container_spec_cpus",
+                "CPU limit in cores (--cpus, or quota/period); absent when unlimited",
+                Gauge,
+            ),
+            cfs_periods: Family::new(
+                "dockwatch_container_cpu_cfs_periods",
+                "CFS enforcement periods elapsed",
+                Counter,
+            ),
+            cfs_throttled_periods: Family::new(
+                "dockwatch_container_cpu_cfs_throttled_periods",
+                "CFS periods in which the container was throttled",
+                Counter,
+            ),
+            cfs_throttled_seconds: Family::new(
+                "dockwatch_container_cpu_cfs_throttled_seconds",
+                "Time the container spent throttled",
+                Counter,
+            ),
+            mem_usage: Family::new(
+                "dockwatch_container_memory_usage_bytes",
+                "Memory usage including page cache, as the cgroup reports it",
+                Gauge,
+            ),
+            mem_working_set: Family::new(
+                "dockwatch_container_memory_working_set_bytes",
+                "Memory usage minus inactive file pages: the figure docker stats shows",
+                Gauge,
+            ),
+            mem_limit: Family::new(
+                "dockwatch_container_memory_limit_bytes",
+                "Memory limit; absent when the container has none",
+                Gauge,
+            ),
+            mem_cache: Family::new(
+                "dockwatch_container_memory_cache_bytes",
+                "Page cache charged to the container (v1 total_cache, v2 file)",
+                Gauge,
+            ),
+            mem_rss: Family::new(
+                "dockwatch_container_memory_rss_bytes",
+                "Anonymous memory (v1 total_rss, v2 anon)",
+                Gauge,
+            ),
+            mem_failcnt: Family::new(
+                "dockwatch_container_memory_failures",
+                "Times memory usage hit the limit (cgroup failcnt or v2 max events); absent when the source does not report it",
+                Counter,
+            ),
+            mem_oom_kills: Family::new(
+                "dockwatch_container_memory_oom_kills",
+                "Processes OOM-killed inside the container's cgroup; absent when the source does not report it",
+                Counter,
+            ),
+            mem_ratio: Family::new(
+                "dockwatch_container_memory_usage_ratio",
+                "Working set as a fraction of the memory limit, or of host memory when unlimited: docker stats MEM % divided by 100",
+                Gauge,
+            ),
             net: [
-                Family::new("dockwatch_container_network_receive_bytes", "Bytes received per interface", Counter),
-                Family::new("dockwatch_container_network_receive_packets", "Packets received per interface", Counter),
-                Family::new("dockwatch_container_network_receive_errors", "Receive errors per interface", Counter),
-                Family::new("dockwatch_container_network_receive_dropped", "Received packets dropped per interface", Counter),
-                Family::new("dockwatch_container_network_transmit_bytes", "Bytes sent per interface", Counter),
-                Family::new("dockwatch_container_network_transmit_packets", "Packets sent per interface", Counter),
-                Family::new("dockwatch_container_network_transmit_errors", "Transmit errors per interface", Counter),
-                Family::new("dockwatch_container_network_transmit_dropped", "Outgoing packets dropped per interface", Counter),
+                Family::new(
+                    "dockwatch_container_network_receive_bytes",
+                    "Bytes received per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_receive_packets",
+                    "Packets received per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_receive_errors",
+                    "Receive errors per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_receive_dropped",
+                    "Received packets dropped per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_transmit_bytes",
+                    "Bytes sent per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_transmit_packets",
+                    "Packets sent per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_transmit_errors",
+                    "Transmit errors per interface",
+                    Counter,
+                ),
+                Family::new(
+                    "dockwatch_container_network_transmit_dropped",
+                    "Outgoing packets dropped per interface",
+                    Counter,
+                ),
             ],
-            blk_read_bytes: Family::new("dockwatch_container_blkio_read_bytes", "Bytes read from block devices", Counter),
-            blk_write_bytes: Family::new("dockwatch_container_blkio_write_bytes", "Bytes written to block devices", Counter),
-            blk_read_ops: Family::new("dockwatch_container_blkio_read_operations", "Read operations on block devices", Counter),
-            blk_write_ops: Family::new("dockwatch_container_blkio_write_operations", "Write operations on block devices", Counter),
-            pids: Family::new("dockwatch_container_pids", "Processes and threads in the container", Gauge),
-            pids_limit: Family::new("dockwatch_container_pids_limit", "PID limit; absent when unlimited", Gauge),
+            blk_read_bytes: Family::new(
+                "dockwatch_container_blkio_read_bytes",
+                "Bytes read from block devices",
+                Counter,
+            ),
+            blk_write_bytes: Family::new(
+                "dockwatch_container_blkio_write_bytes",
+                "Bytes written to block devices",
+                Counter,
+            ),
+            blk_read_ops: Family::new(
+                "dockwatch_container_blkio_read_operations",
+                "Read operations on block devices",
+                Counter,
+            ),
+            blk_write_ops: Family::new(
+                "dockwatch_container_blkio_write_operations",
+                "Write operations on block devices",
+                Counter,
+            ),
+            pids: Family::new(
+                "dockwatch_container_pids",
+                "Processes and threads in the container",
+                Gauge,
+            ),
+            pids_limit: Family::new(
+                "dockwatch_container_pids_limit",
+                "PID limit; absent when unlimited",
+                Gauge,
+            ),
         }
     }
 
@@ -327,8 +498,14 @@ impl<'a> ContainerFamilies<'a> {
 
         let mut info = base.clone();
         info.push(label("image_id", &meta.image_id));
-        info.push(label("compose_project", meta.compose_project().unwrap_or("")));
-        info.push(label("compose_service", meta.compose_service().unwrap_or("")));
+        info.push(label(
+            "compose_project",
+            meta.compose_project().unwrap_or(""),
+        ));
+        info.push(label(
+            "compose_service",
+            meta.compose_service().unwrap_or(""),
+        ));
         for key in allowlist {
             let value = meta.labels.get(key).map(String::as_str).unwrap_or("");
             info.push((Cow::Owned(sanitize_label_name(key)), Cow::Borrowed(value)));
@@ -346,14 +523,16 @@ impl<'a> ContainerFamilies<'a> {
         if let Some(t) = meta.started_at {
             self.start_time.push(base.clone(), t);
         }
-        self.oom_killed.push(base.clone(), if meta.oom_killed { 1.0 } else { 0.0 });
+        self.oom_killed
+            .push(base.clone(), if meta.oom_killed { 1.0 } else { 0.0 });
         if let Some(cores) = meta.cpu_limit_cores {
             self.cpu_limit.push(base.clone(), cores);
         }
 
         let Some(u) = &c.usage else { return };
         if let Some(source) = u.source {
-            self.source.push(with(label("source", source.as_str())), 1.0);
+            self.source
+                .push(with(label("source", source.as_str())), 1.0);
         }
         let secs = |ns: u64| ns as f64 / 1e9;
         self.cpu_total.push(base.clone(), secs(u.cpu.total_ns));
@@ -366,12 +545,15 @@ impl<'a> ContainerFamilies<'a> {
             self.cpu_online.push(base.clone(), f64::from(n));
         }
         self.cfs_periods.push(base.clone(), u.cpu.periods as f64);
-        self.cfs_throttled_periods.push(base.clone(), u.cpu.throttled_periods as f64);
-        self.cfs_throttled_seconds.push(base.clone(), secs(u.cpu.throttled_ns));
+        self.cfs_throttled_periods
+            .push(base.clone(), u.cpu.throttled_periods as f64);
+        self.cfs_throttled_seconds
+            .push(base.clone(), secs(u.cpu.throttled_ns));
 
         let m = &u.memory;
         self.mem_usage.push(base.clone(), m.usage_bytes as f64);
-        self.mem_working_set.push(base.clone(), m.working_set_bytes as f64);
+        self.mem_working_set
+            .push(base.clone(), m.working_set_bytes as f64);
         if let Some(limit) = m.limit_bytes {
             self.mem_limit.push(base.clone(), limit as f64);
         }
@@ -404,10 +586,14 @@ impl<'a> ContainerFamilies<'a> {
             }
         }
 
-        self.blk_read_bytes.push(base.clone(), u.blkio.read_bytes as f64);
-        self.blk_write_bytes.push(base.clone(), u.blkio.write_bytes as f64);
-        self.blk_read_ops.push(base.clone(), u.blkio.read_ops as f64);
-        self.blk_write_ops.push(base.clone(), u.blkio.write_ops as f64);
+        self.blk_read_bytes
+            .push(base.clone(), u.blkio.read_bytes as f64);
+        self.blk_write_bytes
+            .push(base.clone(), u.blkio.write_bytes as f64);
+        self.blk_read_ops
+            .push(base.clone(), u.blkio.read_ops as f64);
+        self.blk_write_ops
+            .push(base.clone(), u.blkio.write_ops as f64);
         if let Some(p) = u.pids_current {
             self.pids.push(base.clone(), p as f64);
         }
@@ -491,7 +677,10 @@ mod tests {
 
     #[test]
     fn sanitizes_docker_label_keys() {
-        assert_eq!(sanitize_label_name("com.example.team"), "label_com_example_team");
+        assert_eq!(
+            sanitize_label_name("com.example.team"),
+            "label_com_example_team"
+        );
         assert_eq!(sanitize_label_name("a-b/c"), "label_a_b_c");
     }
 

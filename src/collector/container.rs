@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bollard::models::{ContainerInspectResponse, ContainerStatsResponse};
 
 use crate::model::{
-    BlkioUsage, ContainerMeta, ContainerState, ContainerUsage, CpuUsage, HealthStatus,
-    MemoryUsage, NetworkUsage, UsageSource, parse_docker_time,
+    BlkioUsage, ContainerMeta, ContainerState, ContainerUsage, CpuUsage, HealthStatus, MemoryUsage,
+    NetworkUsage, UsageSource, parse_docker_time,
 };
 
 /// Limits at or above this are "unlimited" as far as exporting goes (cgroup v1 reports
@@ -45,7 +45,7 @@ pub fn meta_from_inspect(inspect: ContainerInspectResponse) -> ContainerMeta {
     let health = state
         .and_then(|s| s.health.as_ref())
         .and_then(|h| h.status)
-        .map(|s| HealthStatus::parse(&s.to_string()))
+        .map(|s| HealthStatus::parse(s.as_ref()))
         .unwrap_or(HealthStatus::None);
     let pid = state
         .and_then(|s| s.pid)
@@ -90,7 +90,10 @@ pub fn meta_from_inspect(inspect: ContainerInspectResponse) -> ContainerMeta {
 ///
 /// Returns `None` when the payload carries Docker's zero read time, which the engine sends
 /// for a container that stopped between the listing and the stats call.
-pub fn usage_from_stats(stats: &ContainerStatsResponse, meta: &ContainerMeta) -> Option<ContainerUsage> {
+pub fn usage_from_stats(
+    stats: &ContainerStatsResponse,
+    meta: &ContainerMeta,
+) -> Option<ContainerUsage> {
     let read_at = stats.read.as_deref().and_then(parse_docker_time)?;
     let cpu_stats = stats.cpu_stats.as_ref();
     let cpu_usage = cpu_stats.and_then(|c| c.cpu_usage.as_ref());
@@ -216,10 +219,12 @@ pub fn memory_from_stat(
     };
     // Only a limit the user set counts: without one the kernel reports a huge sentinel (v1)
     // or `max` (v2), and the engine may substitute host memory.
-    let limit_bytes = meta.memory_limit_bytes.map(|configured| match kernel_limit {
-        Some(k) if k > 0 && k < UNLIMITED => k.min(configured),
-        _ => configured,
-    });
+    let limit_bytes = meta
+        .memory_limit_bytes
+        .map(|configured| match kernel_limit {
+            Some(k) if k > 0 && k < UNLIMITED => k.min(configured),
+            _ => configured,
+        });
     MemoryUsage {
         usage_bytes: usage,
         working_set_bytes: working_set,
@@ -231,3 +236,190 @@ pub fn memory_from_stat(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerUsage, UsageSource};
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!(
+            "{}/tests/fixtures/docker/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn meta(inspect: &str) -> ContainerMeta {
+        meta_from_inspect(fixture(inspect))
+    }
+
+    fn usage(stats: &str, m: &ContainerMeta) -> ContainerUsage {
+        usage_from_stats(&fixture(stats), m).unwrap()
+    }
+
+    #[test]
+    fn inspect_of_a_limited_container() {
+        let m = meta("inspect-s1.json");
+        assert_eq!(m.short_id(), "7c5bee479196");
+        assert_eq!(m.name, "s1");
+        assert_eq!(m.image, "dwtest:v1");
+        assert_eq!(m.state, ContainerState::Running);
+        assert_eq!(m.health, HealthStatus::None);
+        assert_eq!(m.pid, Some(5535));
+        assert_eq!(m.memory_limit_bytes, Some(64 << 20));
+        assert_eq!(m.cpu_limit_cores, Some(0.5));
+        assert_eq!(m.pids_limit, None);
+        assert!(m.has_own_network());
+        assert!((m.started_at.unwrap() - 1_796_302_091.253_672_8).abs() < 1e-3);
+    }
+
+    #[test]
+    fn cgroup_v1_cpu_memory_network_of_a_throttled_container() {
+        let m = meta("inspect-s1.json");
+        let u = usage("stats-v1-s1.json", &m);
+        assert_eq!(u.source, Some(UsageSource::Api));
+        assert_eq!(u.cpu.total_ns, 115_836_546_106);
+        assert_eq!(u.cpu.user_ns, 115_150_000_000);
+        assert_eq!(u.cpu.system_ns, 680_000_000);
+        assert_eq!(u.cpu.online_cpus, Some(2));
+        assert_eq!(u.cpu.periods, 2318);
+        assert_eq!(u.cpu.throttled_periods, 2316);
+        assert_eq!(u.cpu.throttled_ns, 115_594_294_920);
+        assert_eq!(u.memory.usage_bytes, 327_680);
+        // total_inactive_file is 0 here, so the working set equals usage.
+        assert_eq!(u.memory.working_set_bytes, 327_680);
+        assert_eq!(u.memory.rss_bytes, 57_344);
+        assert_eq!(u.memory.cache_bytes, 0);
+        assert_eq!(u.memory.limit_bytes, Some(67_108_864));
+        assert_eq!(u.memory.failcnt, None);
+        assert_eq!(u.networks.len(), 1);
+        assert_eq!(u.networks[0].interface, "eth0");
+        assert_eq!(u.networks[0].rx_bytes, 1392);
+        assert_eq!(u.networks[0].rx_packets, 16);
+        assert_eq!(u.pids_current, Some(1));
+        assert_eq!(u.pids_limit, None);
+        assert_eq!(u.memory_usage_ratio(None), Some(327_680.0 / 67_108_864.0));
+    }
+
+    #[test]
+    fn cgroup_v1_unlimited_memory_reports_no_limit_and_subtracts_inactive_file() {
+        let m = meta("inspect-fx-unlimited.json");
+        let u = usage("stats-v1-fx-unlimited.json", &m);
+        // The engine substitutes host memory (25276071936) for "no limit": not exported.
+        assert_eq!(u.memory.limit_bytes, None);
+        assert_eq!(u.memory.usage_bytes, 22_528_000);
+        assert_eq!(u.memory.working_set_bytes, 22_528_000 - 21_307_392);
+        assert_eq!(u.memory.cache_bytes, 21_323_776);
+        // MEM % of an unlimited container is relative to host memory, as docker stats shows.
+        let ratio = u.memory_usage_ratio(Some(25_276_071_936)).unwrap();
+        assert!((ratio - 1_220_608.0 / 25_276_071_936.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn host_and_none_networking_have_no_interfaces() {
+        for (inspect, stats) in [
+            ("inspect-fx-hostnet.json", "stats-v1-fx-hostnet.json"),
+            ("inspect-fx-nonet.json", "stats-v1-fx-nonet.json"),
+        ] {
+            let m = meta(inspect);
+            assert!(!m.has_own_network(), "{inspect}");
+            let u = usage(stats, &m);
+            assert!(u.networks.is_empty(), "{inspect}");
+        }
+        let m = meta("inspect-fx-nonet.json");
+        assert_eq!(m.pids_limit, Some(50));
+        assert_eq!(usage("stats-v1-fx-nonet.json", &m).pids_limit, Some(50));
+    }
+
+    #[test]
+    fn cgroup_v1_block_io_sums_read_and_write_only() {
+        let m = meta("inspect-fx-dd2.json");
+        let u = usage("stats-v1-blkio.json", &m);
+        assert_eq!(u.blkio.write_bytes, 20_971_520);
+        assert_eq!(u.blkio.read_bytes, 0);
+        assert_eq!(u.blkio.write_ops, 20);
+        assert_eq!(u.blkio.read_ops, 0);
+    }
+
+    #[test]
+    fn stopped_container_payload_is_no_sample() {
+        let m = meta("inspect-fx-hostnet.json");
+        let stats: ContainerStatsResponse = fixture("stats-v1-stopped.json");
+        assert!(usage_from_stats(&stats, &m).is_none());
+    }
+
+    fn v2_meta(memory_limit: Option<u64>) -> ContainerMeta {
+        let mut m = meta("inspect-s1.json");
+        m.memory_limit_bytes = memory_limit;
+        m
+    }
+
+    #[test]
+    fn cgroup_v2_memory_block_io_and_cpu() {
+        let m = v2_meta(Some(512 << 20));
+        let u = usage("stats-v2-limited.json", &m);
+        assert_eq!(u.cpu.total_ns, 8_500_000_000);
+        assert_eq!(u.cpu.user_ns, 7_000_000_000);
+        assert_eq!(u.cpu.system_ns, 1_500_000_000);
+        // No percpu_usage on v2: online_cpus is the count.
+        assert_eq!(u.cpu.online_cpus, Some(4));
+        assert_eq!(u.cpu.throttled_periods, 300);
+        assert_eq!(u.cpu.throttled_ns, 45_000_000_000);
+        assert_eq!(u.memory.usage_bytes, 209_715_200);
+        assert_eq!(u.memory.working_set_bytes, 209_715_200 - 41_943_040);
+        assert_eq!(u.memory.rss_bytes, 125_829_120);
+        assert_eq!(u.memory.cache_bytes, 83_886_080);
+        assert_eq!(u.memory.limit_bytes, Some(536_870_912));
+        assert_eq!(u.blkio.read_bytes, 4_096_000 + 1000);
+        assert_eq!(u.blkio.write_bytes, 10_485_760 + 24);
+        assert_eq!(u.pids_current, Some(7));
+        assert_eq!(u.pids_limit, Some(100));
+        assert_eq!(u.networks.len(), 2);
+        assert_eq!(u.net_rx_bytes(), 124_456);
+        assert_eq!(u.net_tx_bytes(), 656_321);
+        assert_eq!(u.networks[0].rx_errors, 1);
+        assert_eq!(u.networks[0].tx_dropped, 4);
+    }
+
+    #[test]
+    fn cgroup_v2_unlimited_container() {
+        let m = v2_meta(None);
+        let u = usage("stats-v2-unlimited.json", &m);
+        assert_eq!(u.memory.limit_bytes, None);
+        assert_eq!(u.memory.working_set_bytes, 8_388_608 - 1_048_576);
+        assert_eq!(u.memory.rss_bytes, 6_291_456);
+        assert_eq!(u.memory.cache_bytes, 2_097_152);
+        assert_eq!(u.cpu.online_cpus, Some(8));
+        assert_eq!(u.pids_limit, None);
+        assert_eq!(u.blkio, BlkioUsage::default());
+    }
+
+    #[test]
+    fn restarted_container_under_same_id_gives_no_negative_rate() {
+        let m = meta("inspect-s1.json");
+        let before = usage("stats-v1-s1.json", &m);
+        let mut after: ContainerStatsResponse = fixture("stats-v1-s1.json");
+        after.read = Some("2026-12-03T12:52:17.844692206Z".into());
+        if let Some(cpu) = after.cpu_stats.as_mut().and_then(|c| c.cpu_usage.as_mut()) {
+            cpu.total_usage = Some(1_000_000);
+        }
+        let mut after = usage_from_stats(&after, &m).unwrap();
+        after.derive_rates(Some(&before));
+        assert_eq!(after.rates.cpu_cores, None);
+        // Counters are exported as read; Prometheus's rate() treats the drop as a reset.
+        assert_eq!(after.cpu.total_ns, 1_000_000);
+    }
+
+    #[test]
+    fn limit_is_the_smaller_of_configured_and_kernel() {
+        let m = v2_meta(Some(1 << 30));
+        let stat = HashMap::from([("anon".to_string(), 10)]);
+        let mem = memory_from_stat(100, &stat, None, Some(512 << 20), &m);
+        assert_eq!(mem.limit_bytes, Some(512 << 20));
+        let mem = memory_from_stat(100, &stat, None, Some(u64::MAX), &m);
+        assert_eq!(mem.limit_bytes, Some(1 << 30));
+        // No inactive_file key: the working set is the usage.
+        assert_eq!(mem.working_set_bytes, 100);
+    }
+}

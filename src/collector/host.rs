@@ -46,21 +46,41 @@ pub struct HostSnapshot {
 impl HostSnapshot {
     /// Writes the host metric families.
     pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
-        Family::new("dockwatch_host_cpu_usage_ratio", "Busy fraction of all host CPUs over the last collection interval (0-1)", Kind::Gauge)
-            .sample(&[], self.cpu_usage_ratio)
-            .encode(enc)?;
-        Family::new("dockwatch_host_cpus", "Logical CPUs on the host", Kind::Gauge)
-            .sample(&[], self.cpus as f64)
-            .encode(enc)?;
-        Family::new("dockwatch_host_memory_total_bytes", "Total host memory", Kind::Gauge)
-            .sample(&[], self.memory_total_bytes as f64)
-            .encode(enc)?;
-        Family::new("dockwatch_host_memory_available_bytes", "Host memory available without swapping (MemAvailable)", Kind::Gauge)
-            .sample(&[], self.memory_available_bytes as f64)
-            .encode(enc)?;
-        Family::new("dockwatch_host_memory_used_bytes", "Host memory in use: total minus available", Kind::Gauge)
-            .sample(&[], self.memory_used_bytes as f64)
-            .encode(enc)
+        Family::new(
+            "dockwatch_host_cpu_usage_ratio",
+            "Busy fraction of all host CPUs over the last collection interval (0-1)",
+            Kind::Gauge,
+        )
+        .sample(&[], self.cpu_usage_ratio)
+        .encode(enc)?;
+        Family::new(
+            "dockwatch_host_cpus",
+            "Logical CPUs on the host",
+            Kind::Gauge,
+        )
+        .sample(&[], self.cpus as f64)
+        .encode(enc)?;
+        Family::new(
+            "dockwatch_host_memory_total_bytes",
+            "Total host memory",
+            Kind::Gauge,
+        )
+        .sample(&[], self.memory_total_bytes as f64)
+        .encode(enc)?;
+        Family::new(
+            "dockwatch_host_memory_available_bytes",
+            "Host memory available without swapping (MemAvailable)",
+            Kind::Gauge,
+        )
+        .sample(&[], self.memory_available_bytes as f64)
+        .encode(enc)?;
+        Family::new(
+            "dockwatch_host_memory_used_bytes",
+            "Host memory in use: total minus available",
+            Kind::Gauge,
+        )
+        .sample(&[], self.memory_used_bytes as f64)
+        .encode(enc)
     }
 }
 
@@ -73,7 +93,9 @@ pub struct HostCollector {
 
 impl fmt::Debug for HostCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostCollector").field("proc_root", &self.proc_root).finish()
+        f.debug_struct("HostCollector")
+            .field("proc_root", &self.proc_root)
+            .finish()
     }
 }
 

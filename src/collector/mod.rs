@@ -104,7 +104,10 @@ impl SelfStats {
 
     /// Engine version, once the engine answered.
     pub fn engine(&self) -> Option<crate::docker::EngineVersion> {
-        self.engine.lock().expect("self stats lock poisoned").clone()
+        self.engine
+            .lock()
+            .expect("self stats lock poisoned")
+            .clone()
     }
 }
 
@@ -219,8 +222,11 @@ impl Collector {
         });
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         if docker_up {
-            *self.stats.last_success.lock().expect("self stats lock poisoned") =
-                Some(SystemTime::now());
+            *self
+                .stats
+                .last_success
+                .lock()
+                .expect("self stats lock poisoned") = Some(SystemTime::now());
         }
         debug!(
             containers = snapshot.containers.len(),
@@ -308,11 +314,14 @@ impl Collector {
         let id = summary.id?;
         let listed_state = summary
             .state
-            .map(|s| ContainerState::parse(&s.to_string()))
+            .map(|s| ContainerState::parse(s.as_ref()))
             .unwrap_or(ContainerState::Exited);
         let meta = self.meta(&id, listed_state).await?;
         if !meta.state.has_usage() {
-            self.previous.lock().expect("previous lock poisoned").remove(&id);
+            self.previous
+                .lock()
+                .expect("previous lock poisoned")
+                .remove(&id);
             return Some(ContainerSnapshot { meta, usage: None });
         }
         let usage = self.usage(&meta).await;
@@ -322,7 +331,12 @@ impl Collector {
     /// Cached metadata, re-inspected when missing or when the listed state disagrees (an
     /// event may have been missed while the stream reconnected).
     async fn meta(&self, id: &str, listed_state: ContainerState) -> Option<Arc<ContainerMeta>> {
-        let cached = self.cache.lock().expect("cache lock poisoned").get(id).cloned();
+        let cached = self
+            .cache
+            .lock()
+            .expect("cache lock poisoned")
+            .get(id)
+            .cloned();
         if let Some(meta) = cached.filter(|m| m.state == listed_state) {
             return Some(meta);
         }
@@ -438,7 +452,10 @@ impl Collector {
         debug!(container = id, action, "container event");
         self.cache.lock().expect("cache lock poisoned").remove(id);
         if action == "destroy" {
-            self.previous.lock().expect("previous lock poisoned").remove(id);
+            self.previous
+                .lock()
+                .expect("previous lock poisoned")
+                .remove(id);
         }
         if matches!(action, "start" | "unpause" | "restart" | "die" | "destroy") {
             self.trigger();

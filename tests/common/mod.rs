@@ -61,7 +61,10 @@ pub fn require_docker() {
 /// Imports a busybox image named `reference` unless it exists. Extra applets may be added.
 pub fn ensure_image(reference: &str) -> String {
     require_docker();
-    if docker_output(&["image", "inspect", reference]).status.success() {
+    if docker_output(&["image", "inspect", reference])
+        .status
+        .success()
+    {
         return reference.to_string();
     }
     let busybox = Path::new("/bin/busybox");
@@ -78,19 +81,26 @@ pub fn ensure_image(reference: &str) -> String {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .args(["-C", dir.to_str().unwrap(), "-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .expect("running tar");
     let out = Command::new("docker")
         .args(["import", "--change", "ENV PATH=/bin", "-", reference])
-        .stdin(tar.stdout.expect("tar stdout"))
+        .stdin(tar.stdout.take().expect("tar stdout"))
         .output()
         .expect("running docker import");
+    assert!(
+        tar.wait().expect("waiting for tar").success(),
+        "tar of the image failed"
+    );
     // Another test binary may have imported it at the same moment; either way it exists now.
     assert!(
-        out.status.success() || docker_output(&["image", "inspect", reference]).status.success(),
+        out.status.success()
+            || docker_output(&["image", "inspect", reference])
+                .status
+                .success(),
         "docker import {reference}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -113,7 +123,11 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// A name unique to this process and call: `dwt-<tag>-<pid>-<n>`.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("dwt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "dwt-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A container removed (forcefully) when dropped.
@@ -183,7 +197,9 @@ impl Dockwatch {
         let child = Command::new(env!("CARGO_BIN_EXE_dockwatch"))
             .args(["--web.listen-address", &listen, "--log.level", "debug"])
             .args(args)
-            .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(log.with_extension("out")).unwrap(),
+            ))
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .expect("starting dockwatch");
@@ -195,14 +211,17 @@ impl Dockwatch {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = ureq::get(&self.url("/healthz")).call() {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = ureq::get(&self.url("/healthz")).call()
+                && r.status() == 200
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("dockwatch did not become healthy; log:\n{}", self.log_text());
+        panic!(
+            "dockwatch did not become healthy; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// `http://127.0.0.1:<port><path>`.
@@ -326,12 +345,11 @@ impl Metrics {
     /// Like [`Metrics::get`] but panics with the scrape when missing.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or_else(|| {
-            let related: Vec<&str> = self
-                .text
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .collect();
-            panic!("no series {name} {labels:?}; series of that name:\n{}", related.join("\n"))
+            let related: Vec<&str> = self.text.lines().filter(|l| l.starts_with(name)).collect();
+            panic!(
+                "no series {name} {labels:?}; series of that name:\n{}",
+                related.join("\n")
+            )
         })
     }
 }
@@ -397,12 +415,11 @@ pub fn docker_root_device() -> String {
     let source = text.lines().nth(1).unwrap_or("").trim().to_string();
     // Partitions (vda1, sda2, nvme0n1p1) are throttled through their disk.
     let base = source.trim_end_matches(|c: char| c.is_ascii_digit());
-    let disk = if Path::new(base).exists() && base.ends_with('p') && base.contains("nvme") {
+    if Path::new(base).exists() && base.ends_with('p') && base.contains("nvme") {
         base.trim_end_matches('p').to_string()
     } else if Path::new(base).exists() && base != "/dev/" {
         base.to_string()
     } else {
         source
-    };
-    disk
+    }
 }
