@@ -462,3 +462,6 @@ impl Collector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
