@@ -11,9 +11,12 @@ use tracing::info;
 use crate::cli::RunArgs;
 use crate::collector::host::HostCollector;
 use crate::collector::{Collector, CollectorConfig};
-use crate::docker::{BollardDocker, DockerApi};
+use crate::docker::{BollardDocker, ContainerAction, DockerApi};
+use crate::enforce::Enforcer;
+use crate::events::EventHub;
 use crate::http::{AppState, router};
 use crate::metrics::SnapshotCollector;
+use crate::policy::{PolicyCollector, PolicyEngine};
 
 /// Runs the exporter with `args` until a termination signal arrives.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -30,7 +33,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let collector = Collector::new(
-        docker,
+        docker.clone(),
         host,
         None,
         CollectorConfig {
@@ -46,7 +49,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         collector.self_stats(),
         args.container_labels.clone(),
     )));
-    let extra = Router::new();
+    let mut extra = Router::new();
+
+    // Security policies: evaluate every snapshot, publish violation events, reload on
+    // SIGHUP, file change and POST /-/reload.
+    let hub = EventHub::default();
+    let enforcer = Enforcer::new(docker.clone(), hub.clone(), false, ContainerAction::Stop);
+    let policy = PolicyEngine::new(
+        args.policy.clone(),
+        args.procfs.clone(),
+        docker.clone(),
+        hub.clone(),
+        enforcer,
+    )
+    .context("loading the security policy")?;
+    registry.register_collector(Box::new(PolicyCollector::new(policy.clone())));
+    extra = extra.merge(policy.routes());
+    let policy_task = tokio::spawn(policy.clone().run(collector.subscribe(), shutdown.clone()));
+    tokio::spawn(reload_on_sighup(policy.clone(), shutdown.clone()));
 
     let state = AppState {
         registry: Arc::new(registry),
@@ -72,7 +92,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("serving http")?;
     shutdown.cancel();
     let _ = collection.await;
+    let _ = policy_task.await;
     Ok(())
+}
+
+async fn reload_on_sighup(policy: Arc<PolicyEngine>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("installing the SIGHUP handler failed; reload with POST /-/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hup.recv() => { let _ = policy.reload("SIGHUP"); }
+        }
+    }
 }
 
 async fn wait_for_termination() {

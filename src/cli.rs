@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long = "log.format", value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Security policy flags.
+    #[command(flatten)]
+    pub policy: crate::policy::PolicyArgs,
 }
 
 /// Log output format.

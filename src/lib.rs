@@ -12,3 +12,4 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod policy;

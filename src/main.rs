@@ -7,9 +7,17 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckPolicy { .. }) => {
-            eprintln!("dockwatch: check-policy is not available in this build");
-            ExitCode::from(2)
+        Some(Command::CheckPolicy { file }) => {
+            match dockwatch::policy::check_policy(&file, cli.run.policy.reports_dir.is_some()) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dockwatch: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         None => {
             init_tracing(&cli.run.log_level, cli.run.log_format);
