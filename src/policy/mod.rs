@@ -1063,7 +1063,7 @@ runtime_policies:
             active,
             vec![
                 ("rt".to_string(), "runtime_memory", "memory".to_string()),
-                ("rt".to_string(), "runtime_process", "sh".to_string()),
+                ("rt".to_string(), "runtime_process", "yes".to_string()),
                 ("tags".to_string(), "image_tag", "dev".to_string()),
             ]
         );
@@ -1073,7 +1073,7 @@ runtime_policies:
             "dockwatch_policy_violations_total{{policy=\"tags\",rule=\"image_tag\",severity=\"MEDIUM\",container=\"{name}\"}} 1.0\n"
         )), "{text}");
         assert!(text.contains(&format!(
-            "dockwatch_policy_violation_active{{policy=\"rt\",rule=\"runtime_process\",category=\"runtime\",severity=\"HIGH\",mode=\"enforce\",container=\"{name}\",subject=\"sh\"}} 1.0\n"
+            "dockwatch_policy_violation_active{{policy=\"rt\",rule=\"runtime_process\",category=\"runtime\",severity=\"HIGH\",mode=\"enforce\",container=\"{name}\",subject=\"yes\"}} 1.0\n"
         )), "{text}");
 
         // Memory drops: that episode ends; the others go on.

@@ -11,24 +11,33 @@ use crate::model::ContainerMeta;
 use super::config::RuntimePolicy;
 use super::rules::{Finding, Rule};
 
-/// Executable names (basename of argv[0]) of the processes in a `top` answer, deduplicated.
+/// Executable names of the processes in a `top` answer, deduplicated.
 ///
-/// Works with both the `-eo pid,comm,args` listing (last column is the command line) and the
-/// engine's default `ps -ef` columns (`CMD`).
+/// The kernel's task name (`comm`) is preferred: it names what actually runs even when a
+/// shell runs a builtin in a forked child or a program rewrites its argv. `comm` is cut at
+/// 15 bytes, so when argv[0]'s basename extends it, that is used. With the engine's default
+/// `ps -ef` columns only the command line (`CMD`) is there and argv[0] is used.
 pub fn process_names(top: &ContainerTopResponse) -> BTreeSet<String> {
     let titles = top.titles.as_deref().unwrap_or_default();
+    let comm_col = titles.iter().position(|t| t == "COMMAND" || t == "COMM");
     let cmd_col = titles
         .iter()
         .rposition(|t| t == "CMD" || t == "COMMAND" || t == "ARGS")
         .unwrap_or(titles.len().saturating_sub(1));
+    let comm_col = comm_col.filter(|c| *c != cmd_col);
     let mut out = BTreeSet::new();
     for row in top.processes.as_deref().unwrap_or_default() {
-        let Some(cmd) = row.get(cmd_col) else {
-            continue;
+        let argv0 = row.get(cmd_col).and_then(|c| executable_name(c));
+        let comm = comm_col
+            .and_then(|c| row.get(c))
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty());
+        let name = match (comm, argv0) {
+            (Some(comm), Some(argv0)) if comm.len() >= 15 && argv0.starts_with(&comm) => Some(argv0),
+            (Some(comm), _) => Some(comm),
+            (None, argv0) => argv0,
         };
-        if let Some(name) = executable_name(cmd) {
-            out.insert(name);
-        }
+        out.extend(name);
     }
     out
 }
@@ -402,9 +411,20 @@ mod tests {
 
     #[test]
     fn process_names_from_both_top_layouts() {
-        let want: BTreeSet<String> = ["sh", "sleep"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(process_names(&top("top-policy-plain-default.json")), want);
-        assert_eq!(process_names(&top("top-policy-plain.json")), want);
+        // The recorded container runs `sh -c 'yes > /dev/null & sleep 600'`: busybox sh runs
+        // `yes` in a forked child that keeps the shell's argv; only comm tells.
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        assert_eq!(process_names(&top("top-policy-plain-default.json")), names(&["sh", "sleep"]));
+        assert_eq!(process_names(&top("top-policy-plain.json")), names(&["sleep", "yes"]));
+        let long = ContainerTopResponse {
+            titles: Some(vec!["PID".into(), "COMMAND".into(), "COMMAND".into()]),
+            processes: Some(vec![vec![
+                "1".into(),
+                "kube-controller".into(),
+                "/usr/local/bin/kube-controller-manager --v=2".into(),
+            ]]),
+        };
+        assert_eq!(process_names(&long), names(&["kube-controller-manager"]));
         assert_eq!(executable_name("/usr/local/bin/node server.js").as_deref(), Some("node"));
         assert_eq!(executable_name("nginx: worker process").as_deref(), Some("nginx"));
     }
