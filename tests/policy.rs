@@ -28,7 +28,12 @@ fn write_policy(yaml: &str) -> PathBuf {
 
 fn start(yaml: &str, extra: &[&str]) -> (Dockwatch, PathBuf) {
     let path = write_policy(yaml);
-    let mut args = vec!["--policy.file", path.to_str().unwrap(), "--collect.interval", "2s"];
+    let mut args = vec![
+        "--policy.file",
+        path.to_str().unwrap(),
+        "--collect.interval",
+        "2s",
+    ];
     args.extend_from_slice(extra);
     (Dockwatch::start(&args), path)
 }
@@ -47,7 +52,14 @@ fn active(m: &Metrics, container: &str) -> Vec<BTreeMap<String, String>> {
     out
 }
 
-fn series(policy: &str, rule: &str, category: &str, severity: &str, container: &str, subject: &str) -> BTreeMap<String, String> {
+fn series(
+    policy: &str,
+    rule: &str,
+    category: &str,
+    severity: &str,
+    container: &str,
+    subject: &str,
+) -> BTreeMap<String, String> {
     [
         ("policy", policy),
         ("rule", rule),
@@ -63,7 +75,9 @@ fn series(policy: &str, rule: &str, category: &str, severity: &str, container: &
 }
 
 fn wait_for(dw: &Dockwatch, container: &str, n: usize) -> Metrics {
-    dw.scrape_until(Duration::from_secs(20), |m| m.all(ACTIVE, &[("container", container)]).len() >= n)
+    dw.scrape_until(Duration::from_secs(20), |m| {
+        m.all(ACTIVE, &[("container", container)]).len() >= n
+    })
 }
 
 fn create(tag: &str, opts: &[&str], image: &str, cmd: &[&str]) -> Container {
@@ -82,7 +96,9 @@ fn disallowed_tag_is_one_episode_and_output_passes_promtool() {
     let good_image = common::ensure_image("dwt-policy/app:v1.2.3");
     let p = prefix("poltag");
     let (dw, _) = start(
-        &format!("image_policies:\n  - name: tags\n    selector: {{name: \"{p}*\"}}\n    allowed_tags: [\"v*\", stable]\n"),
+        &format!(
+            "image_policies:\n  - name: tags\n    selector: {{name: \"{p}*\"}}\n    allowed_tags: [\"v*\", stable]\n"
+        ),
         &[],
     );
     let bad = Container::run("poltag", &[], &bad_image, &["sleep", "600"]);
@@ -93,17 +109,41 @@ fn disallowed_tag_is_one_episode_and_output_passes_promtool() {
     let m = dw.scrape();
     assert_eq!(
         active(&m, &bad.name),
-        vec![series("tags", "image_tag", "image", "MEDIUM", &bad.name, "dev")]
+        vec![series(
+            "tags",
+            "image_tag",
+            "image",
+            "MEDIUM",
+            &bad.name,
+            "dev"
+        )]
     );
     assert_eq!(
         m.value(TOTAL, &[("container", &bad.name)]),
         1.0,
         "episodes, not cycles"
     );
-    assert_eq!(m.value(TOTAL, &[("policy", "tags"), ("rule", "image_tag"), ("severity", "MEDIUM"), ("container", &bad.name)]), 1.0);
+    assert_eq!(
+        m.value(
+            TOTAL,
+            &[
+                ("policy", "tags"),
+                ("rule", "image_tag"),
+                ("severity", "MEDIUM"),
+                ("container", &bad.name)
+            ]
+        ),
+        1.0
+    );
     assert!(active(&m, &good.name).is_empty());
     assert!(m.all(TOTAL, &[("container", &good.name)]).is_empty());
-    assert_eq!(m.value("dockwatch_policy_rules", &[("policy", "tags"), ("category", "image")]), 1.0);
+    assert_eq!(
+        m.value(
+            "dockwatch_policy_rules",
+            &[("policy", "tags"), ("category", "image")]
+        ),
+        1.0
+    );
     assert_eq!(m.value("dockwatch_config_last_reload_successful", &[]), 1.0);
 
     common::require("promtool", "prometheus");
@@ -114,7 +154,12 @@ fn disallowed_tag_is_one_episode_and_output_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(m.text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(m.text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -125,7 +170,9 @@ fn disallowed_tag_is_one_episode_and_output_passes_promtool() {
 
     // The container goes: the gauge goes, the counter stays.
     bad.remove();
-    let m = dw.scrape_until(Duration::from_secs(20), |m| m.all(ACTIVE, &[("container", &bad.name)]).is_empty());
+    let m = dw.scrape_until(Duration::from_secs(20), |m| {
+        m.all(ACTIVE, &[("container", &bad.name)]).is_empty()
+    });
     assert!(active(&m, &bad.name).is_empty());
     assert_eq!(m.value(TOTAL, &[("container", &bad.name)]), 1.0);
 }
@@ -156,22 +203,59 @@ fn reachable_syscalls_from_configuration() {
     // CAP_SYS_RESOURCE), so the privileged one is only created: created containers are checked
     // for what they will be allowed to do.
     let privileged = create("polsys", &["--privileged"], &image, &["sleep", "600"]);
-    let sys_admin = Container::run("polsys", &["--cap-add", "SYS_ADMIN"], &image, &["sleep", "600"]);
-    let unconfined = Container::run("polsys", &["--security-opt", "seccomp=unconfined"], &image, &["sleep", "600"]);
+    let sys_admin = Container::run(
+        "polsys",
+        &["--cap-add", "SYS_ADMIN"],
+        &image,
+        &["sleep", "600"],
+    );
+    let unconfined = Container::run(
+        "polsys",
+        &["--security-opt", "seccomp=unconfined"],
+        &image,
+        &["sleep", "600"],
+    );
     let seccomp_opt = format!("seccomp={}", profile.display());
-    let compliant = Container::run("polsys", &["--security-opt", &seccomp_opt], &image, &["sleep", "600"]);
+    let compliant = Container::run(
+        "polsys",
+        &["--security-opt", &seccomp_opt],
+        &image,
+        &["sleep", "600"],
+    );
     let ptrace_opt = format!("seccomp={}", allow_ptrace.display());
-    let custom = Container::run("polsys", &["--security-opt", &ptrace_opt], &image, &["sleep", "600"]);
+    let custom = Container::run(
+        "polsys",
+        &["--security-opt", &ptrace_opt],
+        &image,
+        &["sleep", "600"],
+    );
     let plain = Container::run("polsys", &[], &image, &["sleep", "600"]);
 
     let m = dw.scrape_until(Duration::from_secs(20), |m| {
-        [&privileged, &unconfined].iter().all(|c| m.all(ACTIVE, &[("container", &c.name)]).len() == 2)
+        [&privileged, &unconfined]
+            .iter()
+            .all(|c| m.all(ACTIVE, &[("container", &c.name)]).len() == 2)
             && m.all(ACTIVE, &[("container", &sys_admin.name)]).len() == 1
             && m.all(ACTIVE, &[("container", &custom.name)]).len() == 1
     });
-    let s = |c: &Container, sys: &str| series("syscalls", "runtime_syscall", "runtime", "CRITICAL", &c.name, sys);
-    assert_eq!(active(&m, &privileged.name), vec![s(&privileged, "mount"), s(&privileged, "ptrace")]);
-    assert_eq!(active(&m, &unconfined.name), vec![s(&unconfined, "mount"), s(&unconfined, "ptrace")]);
+    let s = |c: &Container, sys: &str| {
+        series(
+            "syscalls",
+            "runtime_syscall",
+            "runtime",
+            "CRITICAL",
+            &c.name,
+            sys,
+        )
+    };
+    assert_eq!(
+        active(&m, &privileged.name),
+        vec![s(&privileged, "mount"), s(&privileged, "ptrace")]
+    );
+    assert_eq!(
+        active(&m, &unconfined.name),
+        vec![s(&unconfined, "mount"), s(&unconfined, "ptrace")]
+    );
     assert_eq!(active(&m, &sys_admin.name), vec![s(&sys_admin, "mount")]);
     assert_eq!(active(&m, &custom.name), vec![s(&custom, "ptrace")]);
     assert!(active(&m, &compliant.name).is_empty());
@@ -191,18 +275,40 @@ fn disallowed_process() {
         ),
         &["--policy.process-interval", "1s"],
     );
-    let bad = Container::run("polproc", &["--cpus", "0.1"], &image, &["sh", "-c", "yes > /dev/null & echo $! > /tmp/yes.pid; sleep 600"]);
+    let bad = Container::run(
+        "polproc",
+        &["--cpus", "0.1"],
+        &image,
+        &[
+            "sh",
+            "-c",
+            "yes > /dev/null & echo $! > /tmp/yes.pid; sleep 600",
+        ],
+    );
     let good = Container::run("polproc", &[], &image, &["sh", "-c", "sleep 600"]);
     let m = wait_for(&dw, &bad.name, 1);
     assert_eq!(
         active(&m, &bad.name),
-        vec![series("procs", "runtime_process", "runtime", "HIGH", &bad.name, "yes")]
+        vec![series(
+            "procs",
+            "runtime_process",
+            "runtime",
+            "HIGH",
+            &bad.name,
+            "yes"
+        )]
     );
     assert!(active(&m, &good.name).is_empty());
     // The process ends: so does the episode.
     common::docker(&["exec", &bad.name, "sh", "-c", "kill $(cat /tmp/yes.pid)"]);
-    let m = dw.scrape_until(Duration::from_secs(20), |m| m.all(ACTIVE, &[("container", &bad.name)]).is_empty());
-    assert!(active(&m, &bad.name).is_empty(), "{:?}", active(&m, &bad.name));
+    let m = dw.scrape_until(Duration::from_secs(20), |m| {
+        m.all(ACTIVE, &[("container", &bad.name)]).is_empty()
+    });
+    assert!(
+        active(&m, &bad.name).is_empty(),
+        "{:?}",
+        active(&m, &bad.name)
+    );
     assert_eq!(m.value(TOTAL, &[("container", &bad.name)]), 1.0);
 }
 
@@ -218,14 +324,33 @@ fn published_and_exposed_ports() {
     );
     let host_port = common::free_port().to_string();
     let publish = format!("127.0.0.1:{host_port}:80");
-    let bad = Container::run("polport", &["-p", &publish, "--expose", "9000"], &image, &["sleep", "600"]);
+    let bad = Container::run(
+        "polport",
+        &["-p", &publish, "--expose", "9000"],
+        &image,
+        &["sleep", "600"],
+    );
     let good = Container::run("polport", &["--expose", "443"], &image, &["sleep", "600"]);
     let m = wait_for(&dw, &bad.name, 2);
     assert_eq!(
         active(&m, &bad.name),
         vec![
-            series("ports", "network_exposed_port", "network", "LOW", &bad.name, "9000/tcp"),
-            series("ports", "network_port", "network", "HIGH", &bad.name, &format!("{host_port}/tcp")),
+            series(
+                "ports",
+                "network_exposed_port",
+                "network",
+                "LOW",
+                &bad.name,
+                "9000/tcp"
+            ),
+            series(
+                "ports",
+                "network_port",
+                "network",
+                "HIGH",
+                &bad.name,
+                &format!("{host_port}/tcp")
+            ),
         ]
     );
     assert!(active(&m, &good.name).is_empty());
@@ -246,15 +371,29 @@ fn memory_ceiling() {
         "polmem",
         &[],
         &image,
-        &["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 && sleep 600"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 && sleep 600",
+        ],
     );
     let good = Container::run("polmem", &[], &image, &["sleep", "600"]);
     let m = wait_for(&dw, &bad.name, 1);
     assert_eq!(
         active(&m, &bad.name),
-        vec![series("mem", "runtime_memory", "runtime", "MEDIUM", &bad.name, "memory")]
+        vec![series(
+            "mem",
+            "runtime_memory",
+            "runtime",
+            "MEDIUM",
+            &bad.name,
+            "memory"
+        )]
     );
-    let ws = m.value("dockwatch_container_memory_working_set_bytes", &[("name", &bad.name)]);
+    let ws = m.value(
+        "dockwatch_container_memory_working_set_bytes",
+        &[("name", &bad.name)],
+    );
     assert!(ws > 8.0 * 1048576.0, "working set {ws}");
     // Give the compliant one a few cycles with stats.
     std::thread::sleep(Duration::from_secs(3));
@@ -277,37 +416,60 @@ fn connection_to_blocked_address() {
         "polnet",
         &[],
         &image,
-        &["sh", "-c", "sleep 600 | nc -l -p 9999 & sleep 1; sleep 600 | nc 127.0.0.2 9999"],
+        &[
+            "sh",
+            "-c",
+            "sleep 600 | nc -l -p 9999 & sleep 1; sleep 600 | nc 127.0.0.2 9999",
+        ],
     );
     let good = Container::run(
         "polnet",
         &[],
         &image,
-        &["sh", "-c", "sleep 600 | nc -l -p 9999 & sleep 1; sleep 600 | nc 127.0.0.1 9999"],
+        &[
+            "sh",
+            "-c",
+            "sleep 600 | nc -l -p 9999 & sleep 1; sleep 600 | nc 127.0.0.1 9999",
+        ],
     );
     let m = wait_for(&dw, &bad.name, 1);
     assert_eq!(
         active(&m, &bad.name),
-        vec![series("egress", "network_destination", "network", "CRITICAL", &bad.name, "127.0.0.2:9999/tcp")]
+        vec![series(
+            "egress",
+            "network_destination",
+            "network",
+            "CRITICAL",
+            &bad.name,
+            "127.0.0.2:9999/tcp"
+        )]
     );
     std::thread::sleep(Duration::from_secs(3));
     let m = dw.scrape();
     assert!(active(&m, &good.name).is_empty());
     // Enforce mode, CRITICAL, but no --enforce: quarantine is only reported.
     assert!(dw.log_text().contains("quarantine"), "{}", dw.log_text());
-    assert_eq!(common::docker(&["inspect", "-f", "{{.State.Running}}", &bad.name]), "true");
+    assert_eq!(
+        common::docker(&["inspect", "-f", "{{.State.Running}}", &bad.name]),
+        "true"
+    );
 }
 
 #[test]
 fn reload_keeps_the_last_good_policy() {
     let bad_image = common::ensure_image("dwt-policy/app:dev");
     let p = prefix("polreload");
-    let first = format!("image_policies:\n  - name: tags\n    selector: {{name: \"{p}*\"}}\n    allowed_tags: [\"v*\"]\n");
+    let first = format!(
+        "image_policies:\n  - name: tags\n    selector: {{name: \"{p}*\"}}\n    allowed_tags: [\"v*\"]\n"
+    );
     let (dw, path) = start(&first, &["--policy.watch-interval", "1h"]);
     let bad = Container::run("polreload", &[], &bad_image, &["sleep", "600"]);
     wait_for(&dw, &bad.name, 1);
     let m = dw.scrape();
-    let ok_at = m.value("dockwatch_config_last_reload_success_timestamp_seconds", &[]);
+    let ok_at = m.value(
+        "dockwatch_config_last_reload_success_timestamp_seconds",
+        &[],
+    );
 
     // A broken file on SIGHUP: refused, logged with file, line and field; the policy stays.
     std::fs::write(&path, format!("{first}    max_severity: SEVERE\n")).unwrap();
@@ -316,12 +478,22 @@ fn reload_keeps_the_last_good_policy() {
         m.get("dockwatch_config_last_reload_successful", &[]) == Some(0.0)
     });
     assert_eq!(m.value("dockwatch_config_last_reload_successful", &[]), 0.0);
-    assert_eq!(m.value("dockwatch_config_last_reload_success_timestamp_seconds", &[]), ok_at);
+    assert_eq!(
+        m.value(
+            "dockwatch_config_last_reload_success_timestamp_seconds",
+            &[]
+        ),
+        ok_at
+    );
     let want = format!(
         "{}:5:19: image_policies[0].max_severity: unknown variant `SEVERE`",
         path.display()
     );
-    assert!(dw.log_text().contains(&want), "{want} not in log:\n{}", dw.log_text());
+    assert!(
+        dw.log_text().contains(&want),
+        "{want} not in log:\n{}",
+        dw.log_text()
+    );
     assert_eq!(active(&m, &bad.name).len(), 1);
 
     // The same broken file through the API: 500 with the error.
@@ -338,10 +510,17 @@ fn reload_keeps_the_last_good_policy() {
     let mut resp = ureq::post(&dw.url("/-/reload")).send_empty().unwrap();
     let body = resp.body_mut().read_to_string().unwrap();
     assert!(body.contains("tag matches one of [v*, dev]"), "{body}");
-    let m = dw.scrape_until(Duration::from_secs(10), |m| m.all(ACTIVE, &[("container", &bad.name)]).is_empty());
+    let m = dw.scrape_until(Duration::from_secs(10), |m| {
+        m.all(ACTIVE, &[("container", &bad.name)]).is_empty()
+    });
     assert!(active(&m, &bad.name).is_empty());
     assert_eq!(m.value("dockwatch_config_last_reload_successful", &[]), 1.0);
-    assert!(m.value("dockwatch_config_last_reload_success_timestamp_seconds", &[]) > ok_at);
+    assert!(
+        m.value(
+            "dockwatch_config_last_reload_success_timestamp_seconds",
+            &[]
+        ) > ok_at
+    );
     assert_eq!(m.value(TOTAL, &[("container", &bad.name)]), 1.0);
 }
 
@@ -352,11 +531,18 @@ fn violating_run_shows_within_two_seconds() {
     let path = write_policy(&format!(
         "image_policies:\n  - name: tags\n    selector: {{name: \"{p}*\"}}\n    allowed_tags: [\"v*\"]\n"
     ));
-    let dw = Dockwatch::start(&["--policy.file", path.to_str().unwrap(), "--collect.interval", "30s"]);
+    let dw = Dockwatch::start(&[
+        "--policy.file",
+        path.to_str().unwrap(),
+        "--collect.interval",
+        "30s",
+    ]);
     let before_run = Instant::now();
     let bad = Container::run("polfast", &[], &bad_image, &["sleep", "600"]);
     let started = Instant::now();
-    let m = dw.scrape_until(Duration::from_secs(10), |m| !m.all(ACTIVE, &[("container", &bad.name)]).is_empty());
+    let m = dw.scrape_until(Duration::from_secs(10), |m| {
+        !m.all(ACTIVE, &[("container", &bad.name)]).is_empty()
+    });
     let latency = started.elapsed();
     assert_eq!(active(&m, &bad.name).len(), 1);
     eprintln!(
@@ -369,7 +555,9 @@ fn violating_run_shows_within_two_seconds() {
 
 #[test]
 fn check_policy_subcommand() {
-    let good = write_policy("network_policies:\n  - name: web\n    allowed_ports: [80]\n    blocked_ips: [\"198.51.100.0/24\"]\n");
+    let good = write_policy(
+        "network_policies:\n  - name: web\n    allowed_ports: [80]\n    blocked_ips: [\"198.51.100.0/24\"]\n",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_dockwatch"))
         .args(["check-policy", good.to_str().unwrap()])
         .output()
@@ -377,10 +565,17 @@ fn check_policy_subcommand() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok, 1 policies, 3 rules"), "{text}");
-    assert!(text.contains("network policy \"web\" (mode enforce): applies to every container"), "{text}");
-    assert!(text.contains("  network_port           HIGH      published host ports in [80]"), "{text}");
+    assert!(
+        text.contains("network policy \"web\" (mode enforce): applies to every container"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  network_port           HIGH      published host ports in [80]"),
+        "{text}"
+    );
 
-    let bad = write_policy("network_policies:\n  - name: web\n    blocked_ips: [\"198.51.100.0/99\"]\n");
+    let bad =
+        write_policy("network_policies:\n  - name: web\n    blocked_ips: [\"198.51.100.0/99\"]\n");
     let out = Command::new(env!("CARGO_BIN_EXE_dockwatch"))
         .args(["check-policy", bad.to_str().unwrap()])
         .output()

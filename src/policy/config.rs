@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use crate::events::{Mode, Severity};
 use crate::model::ContainerMeta;
@@ -187,7 +187,10 @@ impl ImagePolicy {
         if self.max_severity.is_some() {
             out.push(Rule::ImageSeverity);
         }
-        if reports && self.require_report && (!self.blocked_cves.is_empty() || self.max_severity.is_some()) {
+        if reports
+            && self.require_report
+            && (!self.blocked_cves.is_empty() || self.max_severity.is_some())
+        {
             out.push(Rule::ImageUnscanned);
         }
         out
@@ -386,7 +389,11 @@ impl Pattern {
 
 /// Deserializes a string through `parse` inside the deserializer, so that an error carries
 /// the position and path of the scalar itself.
-fn parse_str<'de, D, T>(d: D, what: &'static str, parse: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+fn parse_str<'de, D, T>(
+    d: D,
+    what: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -465,7 +472,9 @@ impl<'de> Deserialize<'de> for Positive {
                 if v > 0.0 && v.is_finite() {
                     Ok(Positive(v))
                 } else {
-                    Err(E::custom(format!("must be a number greater than zero, got {v}")))
+                    Err(E::custom(format!(
+                        "must be a number greater than zero, got {v}"
+                    )))
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Positive, E> {
@@ -517,7 +526,10 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyFile, PolicyFileError> {
 }
 
 fn yaml_error(file: &str, e: &yaml_serde::Error) -> PolicyFileError {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
     let mut message = e.to_string();
     // The parser puts the position in prose; it is already in the prefix.
     while let Some(at) = message.rfind(" at line ") {
@@ -544,8 +556,16 @@ fn check_names(file: &str, text: &str, p: &PolicyFile) -> Result<(), PolicyFileE
         .image_policies
         .iter()
         .map(|x| ("image_policies", &x.name))
-        .chain(p.runtime_policies.iter().map(|x| ("runtime_policies", &x.name)))
-        .chain(p.network_policies.iter().map(|x| ("network_policies", &x.name)));
+        .chain(
+            p.runtime_policies
+                .iter()
+                .map(|x| ("runtime_policies", &x.name)),
+        )
+        .chain(
+            p.network_policies
+                .iter()
+                .map(|x| ("network_policies", &x.name)),
+        );
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
     for (section, name) in names {
         let i = index.entry(section).or_default();
@@ -594,9 +614,19 @@ fn find_name(text: &str, name: &str, last: bool) -> (usize, usize) {
 pub fn describe(source: &str, p: &PolicyFile, reports_dir: bool) -> String {
     let mut out = String::new();
     let total = p.image_policies.len() + p.runtime_policies.len() + p.network_policies.len();
-    let rules: usize = p.image_policies.iter().map(|x| x.rules(reports_dir).len()).sum::<usize>()
-        + p.runtime_policies.iter().map(|x| x.rules().len()).sum::<usize>()
-        + p.network_policies.iter().map(|x| x.rules().len()).sum::<usize>();
+    let rules: usize = p
+        .image_policies
+        .iter()
+        .map(|x| x.rules(reports_dir).len())
+        .sum::<usize>()
+        + p.runtime_policies
+            .iter()
+            .map(|x| x.rules().len())
+            .sum::<usize>()
+        + p.network_policies
+            .iter()
+            .map(|x| x.rules().len())
+            .sum::<usize>();
     let _ = writeln!(out, "{source}: ok, {total} policies, {rules} rules");
     let list = |v: &[Pattern]| v.iter().map(Pattern::as_str).collect::<Vec<_>>().join(", ");
     for x in &p.image_policies {
@@ -606,7 +636,11 @@ pub fn describe(source: &str, p: &PolicyFile, reports_dir: bool) -> String {
                 Rule::ImageTag => format!(
                     "tag matches one of [{}]{}",
                     x.allowed_tags.as_deref().map(list).unwrap_or_default(),
-                    if x.allow_digests { "; digest-only references allowed" } else { "; digest-only references refused" }
+                    if x.allow_digests {
+                        "; digest-only references allowed"
+                    } else {
+                        "; digest-only references refused"
+                    }
                 ),
                 Rule::ImageCve => format!("none of [{}] present", x.blocked_cves.join(", ")),
                 Rule::ImageSeverity => format!(
@@ -636,7 +670,9 @@ pub fn describe(source: &str, p: &PolicyFile, reports_dir: bool) -> String {
                     "executables match one of [{}]",
                     x.allowed_processes.as_deref().map(list).unwrap_or_default()
                 ),
-                Rule::RuntimeSyscall => format!("not reachable: [{}]", x.blocked_syscalls.join(", ")),
+                Rule::RuntimeSyscall => {
+                    format!("not reachable: [{}]", x.blocked_syscalls.join(", "))
+                }
                 Rule::RuntimeCpu => format!(
                     "cpu above {}% (= {} cores){hold}",
                     x.max_cpu_percent.map(|v| v.0).unwrap_or_default(),
@@ -705,7 +741,10 @@ mod tests {
     fn default_policy_parses() {
         let p = parse(DEFAULT_SOURCE, DEFAULT_POLICY).unwrap();
         assert_eq!(p.image_policies.len(), 1);
-        assert_eq!(p.runtime_policies[0].max_memory_bytes(), Some(2048.0 * 1048576.0));
+        assert_eq!(
+            p.runtime_policies[0].max_memory_bytes(),
+            Some(2048.0 * 1048576.0)
+        );
         assert_eq!(p.runtime_policies[0].hold(), Duration::from_secs(30));
         assert_eq!(p.network_policies[0].blocked_ips.len(), 2);
         assert!(p.network_policies[0].blocked_ips[1].contains("198.51.100.77".parse().unwrap()));
@@ -771,13 +810,19 @@ mod tests {
     #[test]
     fn duplicate_names_are_refused() {
         let text = "image_policies:\n  - name: a\nruntime_policies:\n  - name: b\n  - name: a\n";
-        assert_eq!(err(text), "policy.yaml:5:5: runtime_policies[1].name: duplicate policy name \"a\"");
+        assert_eq!(
+            err(text),
+            "policy.yaml:5:5: runtime_policies[1].name: duplicate policy name \"a\""
+        );
     }
 
     #[test]
     fn malformed_yaml_has_a_position() {
         let e = err("image_policies:\n  - name: 'a\n");
-        assert_eq!(e, "policy.yaml:3:1: found unexpected end of stream, while scanning a quoted scalar");
+        assert_eq!(
+            e,
+            "policy.yaml:3:1: found unexpected end of stream, while scanning a quoted scalar"
+        );
     }
 
     #[test]
@@ -794,11 +839,14 @@ mod tests {
         )
         .unwrap();
         let s = &p.image_policies[0].selector;
-        let meta = super::super::tests::meta_named("web-1", "registry:5000/app:v1", &[("team", "a")]);
+        let meta =
+            super::super::tests::meta_named("web-1", "registry:5000/app:v1", &[("team", "a")]);
         assert!(s.matches(&meta));
-        let other = super::super::tests::meta_named("web-1", "registry:5000/app:v1", &[("team", "b")]);
+        let other =
+            super::super::tests::meta_named("web-1", "registry:5000/app:v1", &[("team", "b")]);
         assert!(!s.matches(&other));
-        let other = super::super::tests::meta_named("db-1", "registry:5000/app:v1", &[("team", "a")]);
+        let other =
+            super::super::tests::meta_named("db-1", "registry:5000/app:v1", &[("team", "a")]);
         assert!(!s.matches(&other));
         assert_eq!(
             s.describe(),
@@ -810,8 +858,19 @@ mod tests {
     fn describe_lists_rules_with_severities() {
         let p = parse(DEFAULT_SOURCE, DEFAULT_POLICY).unwrap();
         let text = describe(DEFAULT_SOURCE, &p, false);
-        assert!(text.starts_with("<built-in default policy>: ok, 3 policies, 10 rules\n"), "{text}");
-        assert!(text.contains("  image_tag              MEDIUM    tag matches one of [latest, stable, v*]"), "{text}");
-        assert!(text.contains("  runtime_cpu            MEDIUM    cpu above 80% (= 0.8 cores) for 30s"), "{text}");
+        assert!(
+            text.starts_with("<built-in default policy>: ok, 3 policies, 10 rules\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  image_tag              MEDIUM    tag matches one of [latest, stable, v*]"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  runtime_cpu            MEDIUM    cpu above 80% (= 0.8 cores) for 30s"),
+            "{text}"
+        );
     }
 }

@@ -33,7 +33,10 @@ pub fn pin(reference: &str) -> Pin {
     let is_image_id = digest.is_none()
         && (name.starts_with("sha256:")
             || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
-            || (name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
+            || (name.len() == 12
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
     if is_image_id {
         return Pin::Digest(name.to_string());
     }
@@ -73,7 +76,10 @@ pub fn check_tag(policy: &ImagePolicy, meta: &ContainerMeta) -> Option<Finding> 
         }
         Pin::Digest(d) if !policy.allow_digests => Some(finding(
             d.clone(),
-            format!("image {} is pinned by digest only and the policy requires a tag", meta.image),
+            format!(
+                "image {} is pinned by digest only and the policy requires a tag",
+                meta.image
+            ),
         )),
         Pin::Digest(_) => None,
     }
@@ -235,7 +241,12 @@ pub fn parse_report(file: &Path, text: &str) -> Result<Report, ReportError> {
         file: name.clone(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     };
     let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
     if value.get("matches").is_some() {
@@ -291,7 +302,10 @@ pub fn parse_report(file: &Path, text: &str) -> Result<Report, ReportError> {
 
 /// The digest part of `repo@sha256:…`.
 fn digest_of(repo_digest: &str) -> &str {
-    repo_digest.rsplit_once('@').map(|(_, d)| d).unwrap_or(repo_digest)
+    repo_digest
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(repo_digest)
 }
 
 /// Every report in the directory, indexed by image id and by digest.
@@ -306,7 +320,11 @@ pub struct ReportIndex {
 impl ReportIndex {
     /// Builds an index; when two reports cover the same image the newest file wins.
     pub fn new(mut reports: Vec<Report>) -> Self {
-        reports.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.file.cmp(&b.file)));
+        reports.sort_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| a.file.cmp(&b.file))
+        });
         let mut by_key = HashMap::new();
         for (i, r) in reports.iter().enumerate() {
             if let Some(id) = &r.image_id {
@@ -337,7 +355,11 @@ impl ReportIndex {
     pub fn find(&self, image_id: &str, repo_digests: &[String]) -> Option<&Report> {
         self.by_key
             .get(image_id)
-            .or_else(|| repo_digests.iter().find_map(|d| self.by_key.get(digest_of(d))))
+            .or_else(|| {
+                repo_digests
+                    .iter()
+                    .find_map(|d| self.by_key.get(digest_of(d)))
+            })
             .map(|&i| &self.reports[i])
     }
 }
@@ -351,10 +373,10 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            if let Ok(m) = e.metadata() {
-                if m.is_file() {
-                    out.push((path, m.len(), m.modified().ok()));
-                }
+            if let Ok(m) = e.metadata()
+                && m.is_file()
+            {
+                out.push((path, m.len(), m.modified().ok()));
             }
         }
     }
@@ -438,7 +460,11 @@ pub fn check_vulnerabilities(
     }
     for (id, (packages, severity)) in by_id {
         let packages = packages.join(", ");
-        if policy.blocked_cves.iter().any(|b| b.eq_ignore_ascii_case(id)) {
+        if policy
+            .blocked_cves
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(id))
+        {
             out.push(Finding {
                 policy: policy.name.clone(),
                 rule: Rule::ImageCve,
@@ -451,9 +477,10 @@ pub fn check_vulnerabilities(
                 ),
             });
         }
-        if let (Some(max), Some(sev)) = (policy.max_severity, severity) {
-            if sev > max {
-                out.push(Finding {
+        if let (Some(max), Some(sev)) = (policy.max_severity, severity)
+            && sev > max
+        {
+            out.push(Finding {
                     policy: policy.name.clone(),
                     rule: Rule::ImageSeverity,
                     severity: policy.severities.image_severity.unwrap_or(sev),
@@ -467,7 +494,6 @@ pub fn check_vulnerabilities(
                         report.format
                     ),
                 });
-            }
         }
     }
     out
@@ -493,9 +519,15 @@ mod tests {
         assert_eq!(pin("host:5000/app"), Pin::Tag("latest".into()));
         assert_eq!(pin("host:5000/team/app:v2"), Pin::Tag("v2".into()));
         assert_eq!(pin("app@sha256:abcd"), Pin::Digest("sha256:abcd".into()));
-        assert_eq!(pin("host:5000/app@sha256:abcd"), Pin::Digest("sha256:abcd".into()));
+        assert_eq!(
+            pin("host:5000/app@sha256:abcd"),
+            Pin::Digest("sha256:abcd".into())
+        );
         assert_eq!(pin("app:v1@sha256:abcd"), Pin::Tag("v1".into()));
-        assert_eq!(pin("sha256:f493b1e3"), Pin::Digest("sha256:f493b1e3".into()));
+        assert_eq!(
+            pin("sha256:f493b1e3"),
+            Pin::Digest("sha256:f493b1e3".into())
+        );
         assert_eq!(pin("f493b1e30707"), Pin::Digest("f493b1e30707".into()));
     }
 
@@ -519,7 +551,9 @@ mod tests {
 
     #[test]
     fn digest_only_when_refused() {
-        let p = policy("    allowed_tags: [stable]\n    allow_digests: false\n    severities: {image_tag: HIGH}\n");
+        let p = policy(
+            "    allowed_tags: [stable]\n    allow_digests: false\n    severities: {image_tag: HIGH}\n",
+        );
         let f = check_tag(&p, &meta_named("c", "app@sha256:abcd", &[])).unwrap();
         assert_eq!(f.subject, "sha256:abcd");
         assert_eq!(f.severity, Severity::High);
@@ -532,8 +566,14 @@ mod tests {
     fn parses_trivy() {
         let r = parse_report(Path::new("trivy-app.json"), TRIVY).unwrap();
         assert_eq!(r.format, "trivy");
-        assert_eq!(r.image_id.as_deref(), Some("sha256:1111111111111111111111111111111111111111111111111111111111111111"));
-        assert_eq!(r.repo_digests, vec!["registry.example:5000/app@sha256:aaaa".to_string()]);
+        assert_eq!(
+            r.image_id.as_deref(),
+            Some("sha256:1111111111111111111111111111111111111111111111111111111111111111")
+        );
+        assert_eq!(
+            r.repo_digests,
+            vec!["registry.example:5000/app@sha256:aaaa".to_string()]
+        );
         assert_eq!(r.vulnerabilities.len(), 3);
         assert_eq!(
             r.vulnerabilities[2],
@@ -549,7 +589,10 @@ mod tests {
     fn parses_grype() {
         let r = parse_report(Path::new("grype-app.json"), GRYPE).unwrap();
         assert_eq!(r.format, "grype");
-        assert_eq!(r.image_id.as_deref(), Some("sha256:2222222222222222222222222222222222222222222222222222222222222222"));
+        assert_eq!(
+            r.image_id.as_deref(),
+            Some("sha256:2222222222222222222222222222222222222222222222222222222222222222")
+        );
         assert_eq!(r.repo_digests, vec!["app@sha256:bbbb".to_string()]);
         assert_eq!(r.vulnerabilities[1].severity, Some(Severity::Low));
         assert_eq!(r.vulnerabilities[1].id, "CVE-2020-0001");
@@ -558,9 +601,16 @@ mod tests {
     #[test]
     fn bad_report_names_position() {
         let e = parse_report(Path::new("r.json"), "{\n  \"matches\": 3\n}").unwrap_err();
-        assert_eq!(e.to_string(), "r.json:2:14: invalid type: integer `3`, expected a sequence");
+        assert_eq!(
+            e.to_string(),
+            "r.json:2:14: invalid type: integer `3`, expected a sequence"
+        );
         let e = parse_report(Path::new("r.json"), "{\"x\": 1}").unwrap_err();
-        assert!(e.to_string().starts_with("r.json:1:1: neither a Trivy report"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("r.json:1:1: neither a Trivy report"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -570,10 +620,13 @@ mod tests {
         let index = ReportIndex::new(vec![trivy, grype]);
         let p = policy("    blocked_cves: [CVE-2021-44228]\n    max_severity: MEDIUM\n");
         let mut m = meta_named("c", "app:v1", &[]);
-        m.image_id = "sha256:1111111111111111111111111111111111111111111111111111111111111111".into();
+        m.image_id =
+            "sha256:1111111111111111111111111111111111111111111111111111111111111111".into();
         let found = check_vulnerabilities(&p, &m, &[], Some(&index));
-        let got: Vec<(&str, &str, Severity)> =
-            found.iter().map(|f| (f.rule.id(), f.subject.as_str(), f.severity)).collect();
+        let got: Vec<(&str, &str, Severity)> = found
+            .iter()
+            .map(|f| (f.rule.id(), f.subject.as_str(), f.severity))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -586,20 +639,35 @@ mod tests {
             found[1].message,
             "image app:v1 has blocked vulnerability CVE-2021-44228 in package log4j-core (trivy report trivy-app.json)"
         );
-        assert_eq!(found[0].message.contains("package openssl, libssl"), true, "{}", found[0].message);
+        assert!(
+            found[0].message.contains("package openssl, libssl"),
+            "{}",
+            found[0].message
+        );
 
         // Matched by repo digest from image inspect, against the Grype report.
         let mut m = meta_named("c", "app:v2", &[]);
         m.image_id = "sha256:9999".into();
-        let found = check_vulnerabilities(&p, &m, &["docker.io/library/app@sha256:bbbb".into()], Some(&index));
-        let got: Vec<(&str, &str)> = found.iter().map(|f| (f.rule.id(), f.subject.as_str())).collect();
+        let found = check_vulnerabilities(
+            &p,
+            &m,
+            &["docker.io/library/app@sha256:bbbb".into()],
+            Some(&index),
+        );
+        let got: Vec<(&str, &str)> = found
+            .iter()
+            .map(|f| (f.rule.id(), f.subject.as_str()))
+            .collect();
         assert_eq!(got, vec![("image_severity", "CVE-2021-45046")]);
 
         // No report: unscanned, only when a reports dir is configured.
         let m = meta_named("c", "other:v1", &[]);
         let found = check_vulnerabilities(&p, &m, &[], Some(&index));
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].rule, found[0].severity), (Rule::ImageUnscanned, Severity::Low));
+        assert_eq!(
+            (found[0].rule, found[0].severity),
+            (Rule::ImageUnscanned, Severity::Low)
+        );
         assert!(check_vulnerabilities(&p, &m, &[], None).is_empty());
     }
 }

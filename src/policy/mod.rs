@@ -97,7 +97,11 @@ pub fn load(args: &PolicyArgs) -> Result<(PolicyFile, String), PolicyFileError> 
 /// `dockwatch check-policy FILE`: the summary on success, the error otherwise.
 pub fn check_policy(file: &Path, reports_dir: bool) -> Result<String, PolicyFileError> {
     let policy = config::load_file(file)?;
-    Ok(config::describe(&file.display().to_string(), &policy, reports_dir))
+    Ok(config::describe(
+        &file.display().to_string(),
+        &policy,
+        reports_dir,
+    ))
 }
 
 struct Loaded {
@@ -191,7 +195,14 @@ impl PolicyEngine {
         hub: EventHub,
         enforcer: Enforcer,
     ) -> Result<Arc<Self>, PolicyFileError> {
-        Self::with_resolver(args, procfs, docker, hub, enforcer, Arc::new(SystemResolver))
+        Self::with_resolver(
+            args,
+            procfs,
+            docker,
+            hub,
+            enforcer,
+            Arc::new(SystemResolver),
+        )
     }
 
     /// Like [`PolicyEngine::new`] with a chosen resolver.
@@ -382,14 +393,22 @@ impl PolicyEngine {
     /// Resolves every blocked domain of the current policy; a domain that fails keeps its
     /// previous addresses.
     pub async fn resolve_once(&self) {
-        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let domains: BTreeSet<String> = loaded
             .policy
             .network_policies
             .iter()
             .flat_map(|p| p.blocked_domains.iter().map(|d| d.to_ascii_lowercase()))
             .collect();
-        let previous = self.resolved.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let previous = self
+            .resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut next = Resolved::new();
         for d in &domains {
             match self.resolver.resolve(d).await {
@@ -399,7 +418,12 @@ impl PolicyEngine {
                 }
                 Err(e) => {
                     debug!(domain = %d, error = %e, "resolving a blocked domain failed");
-                    next.extend(previous.iter().filter(|(_, v)| *v == d).map(|(k, v)| (*k, v.clone())));
+                    next.extend(
+                        previous
+                            .iter()
+                            .filter(|(_, v)| *v == d)
+                            .map(|(k, v)| (*k, v.clone())),
+                    );
                 }
             }
         }
@@ -412,9 +436,21 @@ impl PolicyEngine {
             return;
         }
         let started = Instant::now();
-        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (reports, reports_gen) = self.reports.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let resolved = self.resolved.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (reports, reports_gen) = self
+            .reports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let resolved = self
+            .resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let policy = &loaded.policy;
         let reports = self.args.reports_dir.is_some().then_some(&*reports);
 
@@ -433,7 +469,11 @@ impl PolicyEngine {
             .collect();
 
         let mut st = self.state.lock().await;
-        let present: BTreeSet<&str> = snapshot.containers.iter().map(|c| c.meta.id.as_str()).collect();
+        let present: BTreeSet<&str> = snapshot
+            .containers
+            .iter()
+            .map(|c| c.meta.id.as_str())
+            .collect();
         st.statics.retain(|id, _| present.contains(id.as_str()));
         st.processes.retain(|id, _| present.contains(id.as_str()));
         st.pending.retain(|k, _| present.contains(k.0.as_str()));
@@ -485,9 +525,10 @@ impl PolicyEngine {
         let need_top: Vec<String> = running
             .iter()
             .filter(|c| {
-                policy.runtime_policies.iter().any(|p| {
-                    p.allowed_processes.is_some() && p.selector.matches(&c.meta)
-                })
+                policy
+                    .runtime_policies
+                    .iter()
+                    .any(|p| p.allowed_processes.is_some() && p.selector.matches(&c.meta))
             })
             .filter(|c| {
                 st.processes
@@ -525,7 +566,11 @@ impl PolicyEngine {
         // Dynamic rules.
         for c in &running {
             let meta = &c.meta;
-            for p in policy.runtime_policies.iter().filter(|p| p.selector.matches(meta)) {
+            for p in policy
+                .runtime_policies
+                .iter()
+                .filter(|p| p.selector.matches(meta))
+            {
                 if let Some((_, names)) = st.processes.get(&meta.id) {
                     for f in runtime::check_processes(p, names) {
                         add(meta, f);
@@ -535,8 +580,18 @@ impl PolicyEngine {
                 let cpu = usage.and_then(|u| u.rates.cpu_cores);
                 let mem = usage.map(|u| u.memory.working_set_bytes);
                 let checks = [
-                    (Rule::RuntimeCpu, p.max_cpu_percent.is_some(), cpu.is_some(), runtime::cpu_over(p, cpu)),
-                    (Rule::RuntimeMemory, p.max_memory_mb.is_some(), mem.is_some(), runtime::memory_over(p, mem)),
+                    (
+                        Rule::RuntimeCpu,
+                        p.max_cpu_percent.is_some(),
+                        cpu.is_some(),
+                        runtime::cpu_over(p, cpu),
+                    ),
+                    (
+                        Rule::RuntimeMemory,
+                        p.max_memory_mb.is_some(),
+                        mem.is_some(),
+                        runtime::memory_over(p, mem),
+                    ),
                 ];
                 for (rule, enabled, known, over) in checks {
                     if !enabled {
@@ -555,17 +610,23 @@ impl PolicyEngine {
                         }
                         None => {
                             // No sample this cycle: an ongoing condition carries on.
-                            if let Some(&since) = st.pending.get(&key) {
-                                if now.duration_since(since) >= p.hold() {
-                                    let prev = lock(&self.exported)
+                            let held = st
+                                .pending
+                                .get(&key)
+                                .is_some_and(|since| now.duration_since(*since) >= p.hold());
+                            let prev = held
+                                .then(|| {
+                                    lock(&self.exported)
                                         .episodes
                                         .iter()
-                                        .find(|(k, _)| k.0 == meta.id && k.1 == p.name && k.2 == rule)
-                                        .map(|(_, e)| e.finding.clone());
-                                    if let Some(f) = prev {
-                                        add(meta, f);
-                                    }
-                                }
+                                        .find(|(k, _)| {
+                                            k.0 == meta.id && k.1 == p.name && k.2 == rule
+                                        })
+                                        .map(|(_, e)| e.finding.clone())
+                                })
+                                .flatten();
+                            if let Some(f) = prev {
+                                add(meta, f);
                             }
                         }
                     }
@@ -575,7 +636,8 @@ impl PolicyEngine {
                 .network_policies
                 .iter()
                 .filter(|p| {
-                    (!p.blocked_ips.is_empty() || !p.blocked_domains.is_empty()) && p.selector.matches(meta)
+                    (!p.blocked_ips.is_empty() || !p.blocked_domains.is_empty())
+                        && p.selector.matches(meta)
                 })
                 .collect();
             if net.is_empty() || meta.network_mode == "host" {
@@ -632,7 +694,10 @@ impl PolicyEngine {
         findings: BTreeMap<Key, (Finding, Arc<ContainerMeta>)>,
         snapshot: &Snapshot,
         elapsed: f64,
-    ) -> (Vec<ViolationEvent>, Vec<(Arc<ContainerMeta>, ViolationEvent)>) {
+    ) -> (
+        Vec<ViolationEvent>,
+        Vec<(Arc<ContainerMeta>, ViolationEvent)>,
+    ) {
         let now = SystemTime::now();
         let mono = Instant::now();
         let mut events = Vec::new();
@@ -652,9 +717,15 @@ impl PolicyEngine {
                 let mut e = event(EventKind::ViolationEnded, &ep.finding, &ep.meta, now);
                 e.duration_seconds = Some(duration);
                 e.message = if gone {
-                    format!("container removed; violation lasted {duration:.0}s: {}", ep.finding.message)
+                    format!(
+                        "container removed; violation lasted {duration:.0}s: {}",
+                        ep.finding.message
+                    )
                 } else {
-                    format!("violation cleared after {duration:.0}s: {}", ep.finding.message)
+                    format!(
+                        "violation cleared after {duration:.0}s: {}",
+                        ep.finding.message
+                    )
                 };
                 events.push(e);
             }
@@ -665,7 +736,12 @@ impl PolicyEngine {
             }
             let e = event(EventKind::ViolationStarted, &finding, &meta, now);
             *ex.counters
-                .entry((finding.policy.clone(), finding.rule, finding.severity, meta.name.clone()))
+                .entry((
+                    finding.policy.clone(),
+                    finding.rule,
+                    finding.severity,
+                    meta.name.clone(),
+                ))
                 .or_default() += 1;
             if finding.severity == Severity::Critical && finding.mode == Mode::Enforce {
                 quarantines.push((meta.clone(), e.clone()));
@@ -685,7 +761,9 @@ impl PolicyEngine {
             ex.last_seen.insert(c.meta.name.clone(), mono);
         }
         let Exported {
-            last_seen, counters, ..
+            last_seen,
+            counters,
+            ..
         } = &mut *ex;
         last_seen.retain(|_, t| mono.duration_since(*t) < COUNTER_RETENTION);
         counters.retain(|k, _| last_seen.contains_key(&k.3));
@@ -750,14 +828,26 @@ fn static_findings(
     reports: Option<&ReportIndex>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    for p in policy.image_policies.iter().filter(|p| p.selector.matches(meta)) {
+    for p in policy
+        .image_policies
+        .iter()
+        .filter(|p| p.selector.matches(meta))
+    {
         out.extend(image::check_tag(p, meta));
         out.extend(image::check_vulnerabilities(p, meta, repo_digests, reports));
     }
-    for p in policy.runtime_policies.iter().filter(|p| p.selector.matches(meta)) {
+    for p in policy
+        .runtime_policies
+        .iter()
+        .filter(|p| p.selector.matches(meta))
+    {
         out.extend(runtime::check_syscalls(p, meta));
     }
-    for p in policy.network_policies.iter().filter(|p| p.selector.matches(meta)) {
+    for p in policy
+        .network_policies
+        .iter()
+        .filter(|p| p.selector.matches(meta))
+    {
         out.extend(network::check_ports(p, meta));
     }
     out
@@ -766,7 +856,10 @@ fn static_findings(
 fn event(kind: EventKind, f: &Finding, meta: &ContainerMeta, at: SystemTime) -> ViolationEvent {
     ViolationEvent {
         time: humantime::format_rfc3339_millis(at).to_string(),
-        timestamp: at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default(),
+        timestamp: at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default(),
         kind,
         policy: f.policy.clone(),
         rule: f.rule.id().to_string(),
@@ -787,7 +880,10 @@ fn event(kind: EventKind, f: &Finding, meta: &ContainerMeta, at: SystemTime) -> 
 async fn reload_handler(State(engine): State<Arc<PolicyEngine>>) -> impl IntoResponse {
     match engine.reload("http") {
         Ok(summary) => (StatusCode::OK, summary),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload refused: {e}\n")),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload refused: {e}\n"),
+        ),
     }
 }
 
@@ -851,7 +947,10 @@ impl Collector for PolicyCollector {
             Kind::Gauge,
         );
         for (policy, category, n) in &ex.rules {
-            rules.push(vec![label("policy", policy), label("category", category)], *n as f64);
+            rules.push(
+                vec![label("policy", policy), label("category", category)],
+                *n as f64,
+            );
         }
         rules.encode(&mut enc)?;
         Family::new(
@@ -901,7 +1000,10 @@ pub struct StaticResolver(pub HashMap<String, Vec<IpAddr>>);
 impl Resolver for StaticResolver {
     async fn resolve(&self, domain: &str) -> std::io::Result<Vec<IpAddr>> {
         self.0.get(domain).cloned().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {domain}"))
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no address for {domain}"),
+            )
         })
     }
 }
@@ -920,7 +1022,10 @@ pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn inspect(name: &str) -> ContainerInspectResponse {
-        let path = format!("{}/tests/fixtures/docker/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/docker/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -938,7 +1043,10 @@ pub(crate) mod tests {
         let mut m = fixture_meta("inspect-policy-plain.json");
         m.name = name.into();
         m.image = image.into();
-        m.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         m
     }
 
@@ -955,7 +1063,10 @@ pub(crate) mod tests {
         async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
             Ok(Vec::new())
         }
-        async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        async fn inspect_container(
+            &self,
+            id: &str,
+        ) -> Result<ContainerInspectResponse, DockerError> {
             Err(DockerError::NotFound { what: id.into() })
         }
         async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
@@ -981,7 +1092,11 @@ pub(crate) mod tests {
     }
 
     fn engine(yaml: &str) -> (Arc<PolicyEngine>, Arc<FakeDocker>, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("dockwatch-policy-unit-{}-{}", std::process::id(), rand_suffix()));
+        let dir = std::env::temp_dir().join(format!(
+            "dockwatch-policy-unit-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("policy.yaml");
         std::fs::write(&file, yaml).unwrap();
@@ -993,7 +1108,14 @@ pub(crate) mod tests {
             process_interval: Duration::from_secs(3600),
             ..PolicyArgs::default()
         };
-        let e = PolicyEngine::new(args, PathBuf::from("/nonexistent"), docker.clone(), hub, enforcer).unwrap();
+        let e = PolicyEngine::new(
+            args,
+            PathBuf::from("/nonexistent"),
+            docker.clone(),
+            hub,
+            enforcer,
+        )
+        .unwrap();
         (e, docker, file)
     }
 
@@ -1089,10 +1211,19 @@ runtime_policies:
         e.evaluate(&snapshot(vec![])).await;
         assert!(e.active().is_empty());
         let text = render(&e);
-        assert!(!text.contains("dockwatch_policy_violation_active{"), "{text}");
-        assert!(text.contains("dockwatch_policy_violations_total{policy=\"rt\""), "{text}");
+        assert!(
+            !text.contains("dockwatch_policy_violation_active{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockwatch_policy_violations_total{policy=\"rt\""),
+            "{text}"
+        );
         assert!(text.contains("dockwatch_config_last_reload_successful 1.0\n"));
-        assert!(text.contains("dockwatch_policy_rules{policy=\"rt\",category=\"runtime\"} 2.0\n"), "{text}");
+        assert!(
+            text.contains("dockwatch_policy_rules{policy=\"rt\",category=\"runtime\"} 2.0\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -1100,17 +1231,23 @@ runtime_policies:
         let (e, _, _) = engine(POLICY);
         let mut meta = fixture_meta("inspect-policy-plain.json");
         meta.image = "dwt/app:dev".into();
-        e.evaluate(&snapshot(vec![running(&Arc::new(meta.clone()), 0)])).await;
+        e.evaluate(&snapshot(vec![running(&Arc::new(meta.clone()), 0)]))
+            .await;
         assert!(e.active().iter().any(|a| a.1 == "image_tag"));
         meta.image = "dwt/app:v2".into();
-        e.evaluate(&snapshot(vec![running(&Arc::new(meta), 0)])).await;
+        e.evaluate(&snapshot(vec![running(&Arc::new(meta), 0)]))
+            .await;
         assert!(!e.active().iter().any(|a| a.1 == "image_tag"));
     }
 
     #[tokio::test]
     async fn bad_reload_keeps_the_last_good_policy() {
         let (e, _, file) = engine(POLICY);
-        std::fs::write(&file, "runtime_policies:\n  - name: rt\n    max_cpu_percent: x\n").unwrap();
+        std::fs::write(
+            &file,
+            "runtime_policies:\n  - name: rt\n    max_cpu_percent: x\n",
+        )
+        .unwrap();
         let err = e.reload("test").unwrap_err().to_string();
         assert_eq!(
             err,
@@ -1120,19 +1257,36 @@ runtime_policies:
             )
         );
         let text = render(&e);
-        assert!(text.contains("dockwatch_config_last_reload_successful 0.0\n"), "{text}");
-        assert!(text.contains("dockwatch_policy_rules{policy=\"tags\",category=\"image\"} 1.0\n"), "{text}");
-        std::fs::write(&file, "image_policies:\n  - name: only\n    allowed_tags: [x]\n").unwrap();
+        assert!(
+            text.contains("dockwatch_config_last_reload_successful 0.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockwatch_policy_rules{policy=\"tags\",category=\"image\"} 1.0\n"),
+            "{text}"
+        );
+        std::fs::write(
+            &file,
+            "image_policies:\n  - name: only\n    allowed_tags: [x]\n",
+        )
+        .unwrap();
         e.poll_changes();
         let text = render(&e);
-        assert!(text.contains("dockwatch_config_last_reload_successful 1.0\n"), "{text}");
-        assert!(text.contains("dockwatch_policy_rules{policy=\"only\",category=\"image\"} 1.0\n"), "{text}");
+        assert!(
+            text.contains("dockwatch_config_last_reload_successful 1.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockwatch_policy_rules{policy=\"only\",category=\"image\"} 1.0\n"),
+            "{text}"
+        );
         assert!(!text.contains("policy=\"tags\""), "{text}");
     }
 
     #[tokio::test]
     async fn cpu_ceiling_needs_to_hold_for_the_duration() {
-        let (e, _, _) = engine("runtime_policies:\n  - name: rt\n    max_cpu_percent: 50\n    for: 200ms\n");
+        let (e, _, _) =
+            engine("runtime_policies:\n  - name: rt\n    max_cpu_percent: 50\n    for: 200ms\n");
         let meta = Arc::new(fixture_meta("inspect-policy-plain.json"));
         let mut busy = running(&meta, 0);
         busy.usage.as_mut().unwrap().rates.cpu_cores = Some(0.9);
@@ -1156,7 +1310,11 @@ runtime_policies:
         let hub = EventHub::default();
         let enforcer = Enforcer::new(docker.clone(), hub.clone(), false, ContainerAction::Stop);
         let resolver = StaticResolver(
-            [("malicious.com".to_string(), vec!["127.0.0.9".parse().unwrap()])].into(),
+            [(
+                "malicious.com".to_string(),
+                vec!["127.0.0.9".parse().unwrap()],
+            )]
+            .into(),
         );
         let e = PolicyEngine::with_resolver(
             PolicyArgs::default(),
@@ -1169,7 +1327,11 @@ runtime_policies:
         .unwrap();
         e.resolve_once().await;
         let r = e.resolved.read().unwrap().clone();
-        assert_eq!(r.get(&"127.0.0.9".parse::<IpAddr>().unwrap()).map(String::as_str), Some("malicious.com"));
+        assert_eq!(
+            r.get(&"127.0.0.9".parse::<IpAddr>().unwrap())
+                .map(String::as_str),
+            Some("malicious.com")
+        );
         assert_eq!(r.len(), 1, "suspicious.net has no address in the table");
     }
 }

@@ -40,7 +40,11 @@ pub fn published_ports(meta: &ContainerMeta) -> Vec<Published> {
         .as_ref()
         .and_then(|n| n.ports.clone())
         .filter(|p| !p.is_empty());
-    let requested = meta.inspect.host_config.as_ref().and_then(|h| h.port_bindings.clone());
+    let requested = meta
+        .inspect
+        .host_config
+        .as_ref()
+        .and_then(|h| h.port_bindings.clone());
     let map = live.or(requested).unwrap_or_default();
     let mut out = BTreeSet::new();
     for (key, bindings) in map {
@@ -51,7 +55,10 @@ pub fn published_ports(meta: &ContainerMeta) -> Vec<Published> {
             let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
                 continue;
             };
-            let host_ip = b.host_ip.filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+            let host_ip = b
+                .host_ip
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "0.0.0.0".into());
             out.insert(Published {
                 host_port,
                 host_ip,
@@ -90,7 +97,11 @@ pub fn check_ports(policy: &NetworkPolicy, meta: &ContainerMeta) -> Vec<Finding>
     let Some(allowed) = &policy.allowed_ports else {
         return Vec::new();
     };
-    let list = allowed.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let list = allowed
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let published = published_ports(meta);
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
@@ -174,7 +185,9 @@ pub fn parse_net_table(text: &str, proto: &'static str) -> Vec<Connection> {
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let mut f = line.split_whitespace();
-        let (Some(_), Some(local), Some(remote), Some(state)) = (f.next(), f.next(), f.next(), f.next()) else {
+        let (Some(_), Some(local), Some(remote), Some(state)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
             continue;
         };
         if proto == "tcp" && state == "0A" {
@@ -186,7 +199,11 @@ pub fn parse_net_table(text: &str, proto: &'static str) -> Vec<Connection> {
         if remote.port() == 0 || remote.ip().is_unspecified() {
             continue;
         }
-        out.push(Connection { proto, local, remote });
+        out.push(Connection {
+            proto,
+            local,
+            remote,
+        });
     }
     out
 }
@@ -196,7 +213,12 @@ pub fn read_connections(procfs: &Path, pid: u32) -> std::io::Result<Vec<Connecti
     let dir = procfs.join(pid.to_string()).join("net");
     let mut out = Vec::new();
     let mut any = None;
-    for (file, proto) in [("tcp", "tcp"), ("tcp6", "tcp"), ("udp", "udp"), ("udp6", "udp")] {
+    for (file, proto) in [
+        ("tcp", "tcp"),
+        ("tcp6", "tcp"),
+        ("udp", "udp"),
+        ("udp6", "udp"),
+    ] {
         match std::fs::read_to_string(dir.join(file)) {
             Ok(text) => {
                 any = Some(());
@@ -251,16 +273,22 @@ pub fn check_destinations(
     let mut out: BTreeMap<String, Finding> = BTreeMap::new();
     for c in connections {
         let ip = c.remote.ip();
-        let domain = resolved
-            .get(&ip)
-            .filter(|d| policy.blocked_domains.iter().any(|b| b.eq_ignore_ascii_case(d)));
+        let domain = resolved.get(&ip).filter(|d| {
+            policy
+                .blocked_domains
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(d))
+        });
         let range = policy.blocked_ips.iter().find(|r| r.contains(ip));
         let (subject, why) = match (domain, range) {
             (Some(d), _) => (
                 format!("{d} ({}/{})", c.remote, c.proto),
                 format!("blocked domain {d}"),
             ),
-            (None, Some(r)) => (format!("{}/{}", c.remote, c.proto), format!("blocked address {r}")),
+            (None, Some(r)) => (
+                format!("{}/{}", c.remote, c.proto),
+                format!("blocked address {r}"),
+            ),
             (None, None) => continue,
         };
         out.entry(subject.clone()).or_insert_with(|| Finding {
@@ -286,10 +314,13 @@ mod tests {
     use crate::events::Severity;
 
     fn policy(yaml: &str) -> NetworkPolicy {
-        parse("p.yaml", &format!("network_policies:\n  - name: net\n{yaml}"))
-            .unwrap()
-            .network_policies
-            .remove(0)
+        parse(
+            "p.yaml",
+            &format!("network_policies:\n  - name: net\n{yaml}"),
+        )
+        .unwrap()
+        .network_policies
+        .remove(0)
     }
 
     #[test]
@@ -348,7 +379,11 @@ mod tests {
         );
         let mut conns = parse_net_table(TCP, "tcp");
         conns.extend(parse_net_table(TCP6, "tcp"));
-        let resolved: Resolved = [("203.203.113.7".parse().unwrap(), "malicious.com".to_string())].into();
+        let resolved: Resolved = [(
+            "203.203.113.7".parse().unwrap(),
+            "malicious.com".to_string(),
+        )]
+        .into();
         let found = check_destinations(&p, &conns, &resolved);
         let subjects: Vec<&str> = found.iter().map(|f| f.subject.as_str()).collect();
         assert_eq!(

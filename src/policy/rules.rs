@@ -66,9 +66,10 @@ impl Rule {
     pub fn category(self) -> &'static str {
         match self {
             Self::ImageTag | Self::ImageCve | Self::ImageSeverity | Self::ImageUnscanned => "image",
-            Self::RuntimeProcess | Self::RuntimeSyscall | Self::RuntimeCpu | Self::RuntimeMemory => {
-                "runtime"
-            }
+            Self::RuntimeProcess
+            | Self::RuntimeSyscall
+            | Self::RuntimeCpu
+            | Self::RuntimeMemory => "runtime",
             Self::NetworkPort | Self::NetworkExposedPort | Self::NetworkDestination => "network",
         }
     }

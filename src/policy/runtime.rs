@@ -33,7 +33,9 @@ pub fn process_names(top: &ContainerTopResponse) -> BTreeSet<String> {
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty());
         let name = match (comm, argv0) {
-            (Some(comm), Some(argv0)) if comm.len() >= 15 && argv0.starts_with(&comm) => Some(argv0),
+            (Some(comm), Some(argv0)) if comm.len() >= 15 && argv0.starts_with(&comm) => {
+                Some(argv0)
+            }
             (Some(comm), _) => Some(comm),
             (None, argv0) => argv0,
         };
@@ -269,7 +271,10 @@ pub fn seccomp(inspect: &ContainerInspectResponse) -> Seccomp {
         .and_then(|h| h.security_opt.as_deref())
         .unwrap_or_default();
     for opt in opts {
-        let Some(value) = opt.strip_prefix("seccomp=").or_else(|| opt.strip_prefix("seccomp:")) else {
+        let Some(value) = opt
+            .strip_prefix("seccomp=")
+            .or_else(|| opt.strip_prefix("seccomp:"))
+        else {
             continue;
         };
         let value = value.trim();
@@ -398,14 +403,20 @@ mod tests {
     use crate::events::Severity;
 
     fn policy(yaml: &str) -> RuntimePolicy {
-        parse("p.yaml", &format!("runtime_policies:\n  - name: rt\n{yaml}"))
-            .unwrap()
-            .runtime_policies
-            .remove(0)
+        parse(
+            "p.yaml",
+            &format!("runtime_policies:\n  - name: rt\n{yaml}"),
+        )
+        .unwrap()
+        .runtime_policies
+        .remove(0)
     }
 
     fn top(name: &str) -> ContainerTopResponse {
-        let path = format!("{}/tests/fixtures/docker/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/docker/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -413,9 +424,19 @@ mod tests {
     fn process_names_from_both_top_layouts() {
         // The recorded container runs `sh -c 'yes > /dev/null & sleep 600'`: busybox sh runs
         // `yes` in a forked child that keeps the shell's argv; only comm tells.
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
-        assert_eq!(process_names(&top("top-policy-plain-default.json")), names(&["sh", "sleep"]));
-        assert_eq!(process_names(&top("top-policy-plain.json")), names(&["sleep", "yes"]));
+        let names = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>()
+        };
+        assert_eq!(
+            process_names(&top("top-policy-plain-default.json")),
+            names(&["sh", "sleep"])
+        );
+        assert_eq!(
+            process_names(&top("top-policy-plain.json")),
+            names(&["sleep", "yes"])
+        );
         let long = ContainerTopResponse {
             titles: Some(vec!["PID".into(), "COMMAND".into(), "COMMAND".into()]),
             processes: Some(vec![vec![
@@ -425,14 +446,23 @@ mod tests {
             ]]),
         };
         assert_eq!(process_names(&long), names(&["kube-controller-manager"]));
-        assert_eq!(executable_name("/usr/local/bin/node server.js").as_deref(), Some("node"));
-        assert_eq!(executable_name("nginx: worker process").as_deref(), Some("nginx"));
+        assert_eq!(
+            executable_name("/usr/local/bin/node server.js").as_deref(),
+            Some("node")
+        );
+        assert_eq!(
+            executable_name("nginx: worker process").as_deref(),
+            Some("nginx")
+        );
     }
 
     #[test]
     fn disallowed_processes() {
         let p = policy("    allowed_processes: [sleep, \"ng*\"]\n");
-        let names: BTreeSet<String> = ["sleep", "nginx", "sh", "yes"].iter().map(|s| s.to_string()).collect();
+        let names: BTreeSet<String> = ["sleep", "nginx", "sh", "yes"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let found = check_processes(&p, &names);
         let subjects: Vec<&str> = found.iter().map(|f| f.subject.as_str()).collect();
         assert_eq!(subjects, vec!["sh", "yes"]);
@@ -453,7 +483,10 @@ mod tests {
         assert_eq!(reach(&m, "ptrace"), None);
         assert_eq!(reach(&m, "mount"), None);
         assert_eq!(reach(&m, "keyctl"), None);
-        assert_eq!(reach(&m, "chmod").as_deref(), Some("the default seccomp profile allows chmod"));
+        assert_eq!(
+            reach(&m, "chmod").as_deref(),
+            Some("the default seccomp profile allows chmod")
+        );
     }
 
     #[test]
@@ -464,7 +497,10 @@ mod tests {
             Some("the container is privileged (no seccomp filter, every capability)")
         );
         let m = fixture_meta("inspect-policy-unconfined.json");
-        assert_eq!(reach(&m, "ptrace").as_deref(), Some("seccomp is disabled (seccomp=unconfined)"));
+        assert_eq!(
+            reach(&m, "ptrace").as_deref(),
+            Some("seccomp is disabled (seccomp=unconfined)")
+        );
     }
 
     #[test]
@@ -472,11 +508,20 @@ mod tests {
         let m = fixture_meta("inspect-policy-capadd.json");
         assert_eq!(
             reach(&m, "mount").as_deref(),
-            Some("the default seccomp profile allows mount with capability CAP_SYS_ADMIN, which the container has")
+            Some(
+                "the default seccomp profile allows mount with capability CAP_SYS_ADMIN, which the container has"
+            )
         );
         assert!(reach(&m, "ptrace").unwrap().contains("CAP_SYS_PTRACE"));
         assert_eq!(reach(&m, "reboot"), None);
-        for spelling in ["sys_admin", "SYS_ADMIN", "CAP_SYS_ADMIN", "cap_sys_admin", "ALL", "all"] {
+        for spelling in [
+            "sys_admin",
+            "SYS_ADMIN",
+            "CAP_SYS_ADMIN",
+            "cap_sys_admin",
+            "ALL",
+            "all",
+        ] {
             let m = super::super::tests::meta_with(|i| {
                 i.host_config.as_mut().unwrap().cap_add = Some(vec![spelling.to_string()]);
             });
@@ -519,13 +564,21 @@ mod tests {
         );
         assert_eq!(reach(&m, "mount"), None, "rule needs CAP_SYS_ADMIN");
         assert_eq!(reach(&m, "umount"), None);
-        let m = with_profile(r#"{"defaultAction":"SCMP_ACT_KILL","syscalls":[{"name":"ptrace","action":"SCMP_ACT_LOG","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#);
+        let m = with_profile(
+            r#"{"defaultAction":"SCMP_ACT_KILL","syscalls":[{"name":"ptrace","action":"SCMP_ACT_LOG","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
         assert_eq!(
             reach(&m, "ptrace").as_deref(),
-            Some("the custom seccomp profile allows ptrace (SCMP_ACT_LOG) (with argument conditions)")
+            Some(
+                "the custom seccomp profile allows ptrace (SCMP_ACT_LOG) (with argument conditions)"
+            )
         );
         let m = with_profile("{not json");
-        assert!(reach(&m, "ptrace").unwrap().starts_with("the custom seccomp profile could not be read"));
+        assert!(
+            reach(&m, "ptrace")
+                .unwrap()
+                .starts_with("the custom seccomp profile could not be read")
+        );
         let m = super::super::tests::meta_with(|i| {
             i.host_config.as_mut().unwrap().security_opt = Some(vec!["seccomp:unconfined".into()]);
         });
