@@ -589,3 +589,93 @@ fn check_policy_subcommand() {
         )
     );
 }
+
+#[test]
+fn vulnerability_reports_and_policy_file_changes() {
+    let image = common::ensure_image("dwt-policy/app:v1.2.3");
+    let image_id = common::docker(&["image", "inspect", "-f", "{{.Id}}", &image]);
+    let p = prefix("polvuln");
+    let reports = common::tempdir("reports");
+    std::fs::write(
+        reports.join("trivy.json"),
+        format!(
+            r#"{{"SchemaVersion": 2, "ArtifactName": "{image}", "Metadata": {{"ImageID": "{image_id}"}},
+  "Results": [{{"Target": "app", "Vulnerabilities": [
+    {{"VulnerabilityID": "CVE-2021-44228", "PkgName": "log4j-core", "Severity": "CRITICAL"}},
+    {{"VulnerabilityID": "CVE-2022-0001", "PkgName": "zlib", "Severity": "MEDIUM"}}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let policy = format!(
+        "image_policies:\n  - name: vulns\n    selector: {{name: \"{p}*\"}}\n    mode: dry-run\n    blocked_cves: [CVE-2021-44228]\n    max_severity: HIGH\n"
+    );
+    let path = write_policy(&policy);
+    let dw = Dockwatch::start(&[
+        "--policy.file",
+        path.to_str().unwrap(),
+        "--policy.reports-dir",
+        reports.to_str().unwrap(),
+        "--policy.watch-interval",
+        "1s",
+        "--collect.interval",
+        "2s",
+    ]);
+    let scanned = Container::run("polvuln", &[], &image, &["sleep", "600"]);
+    let m = wait_for(&dw, &scanned.name, 2);
+    let dry = |rule: &str, sev: &str, subject: &str| {
+        let mut s = series("vulns", rule, "image", sev, &scanned.name, subject);
+        s.insert("mode".into(), "dry-run".into());
+        s
+    };
+    assert_eq!(
+        active(&m, &scanned.name),
+        vec![
+            dry("image_cve", "CRITICAL", "CVE-2021-44228"),
+            dry("image_severity", "CRITICAL", "CVE-2021-44228"),
+        ]
+    );
+    assert_eq!(m.value("dockwatch_vulnerability_reports", &[]), 1.0);
+    assert_eq!(
+        m.value("dockwatch_policy_rules", &[("policy", "vulns")]),
+        3.0
+    );
+
+    // The report is replaced by a clean scan: the reports dir is re-read and both end.
+    std::fs::write(
+        reports.join("trivy.json"),
+        format!(r#"{{"SchemaVersion": 2, "ArtifactName": "{image}", "Metadata": {{"ImageID": "{image_id}"}}, "Results": []}}"#),
+    )
+    .unwrap();
+    let m = dw.scrape_until(Duration::from_secs(15), |m| {
+        m.all(ACTIVE, &[("container", &scanned.name)]).is_empty()
+    });
+    assert!(active(&m, &scanned.name).is_empty());
+
+    // An image without a report is unscanned once the file changes to ask for it.
+    let other = common::ensure_image("dwt-policy/app:dev");
+    let unscanned = Container::run("polvuln", &[], &other, &["sleep", "600"]);
+    let m = wait_for(&dw, &unscanned.name, 1);
+    let mut want = series(
+        "vulns",
+        "image_unscanned",
+        "image",
+        "LOW",
+        &unscanned.name,
+        &other,
+    );
+    want.insert("mode".into(), "dry-run".into());
+    assert_eq!(active(&m, &unscanned.name), vec![want]);
+    std::fs::write(&path, format!("{policy}    require_report: false\n")).unwrap();
+    let m = dw.scrape_until(Duration::from_secs(15), |m| {
+        m.all(ACTIVE, &[("container", &unscanned.name)]).is_empty()
+    });
+    assert!(
+        active(&m, &unscanned.name).is_empty(),
+        "file change not applied:\n{}",
+        dw.log_text()
+    );
+    assert_eq!(
+        m.value("dockwatch_policy_rules", &[("policy", "vulns")]),
+        2.0
+    );
+}
