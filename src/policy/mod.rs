@@ -731,7 +731,11 @@ impl PolicyEngine {
             }
         }
         for (key, (finding, meta)) in findings {
-            if ex.episodes.contains_key(&key) {
+            if let Some(ep) = ex.episodes.get_mut(&key) {
+                // Still the same episode; a reload may have changed its severity or mode, and
+                // the latest message (current figures) is what the end event repeats.
+                ep.finding = finding;
+                ep.meta = meta;
                 continue;
             }
             let e = event(EventKind::ViolationStarted, &finding, &meta, now);
