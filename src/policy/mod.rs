@@ -338,7 +338,7 @@ impl PolicyEngine {
     /// Routes: `POST /-/reload`.
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/-/reload", post(reload_handler))
+            .route("/-/reload", post(reload_handler).put(reload_handler))
             .with_state(self.clone())
     }
 
@@ -713,20 +713,23 @@ impl PolicyEngine {
         for key in ended {
             if let Some(ep) = ex.episodes.remove(&key) {
                 let duration = mono.duration_since(ep.started_mono).as_secs_f64();
-                let gone = snapshot.container(&ep.meta.id).is_none();
+                let why = match snapshot.container(&ep.meta.id) {
+                    None => "container removed",
+                    Some(c)
+                        if matches!(
+                            c.meta.state,
+                            ContainerState::Exited
+                                | ContainerState::Dead
+                                | ContainerState::Removing
+                        ) =>
+                    {
+                        "container stopped"
+                    }
+                    Some(_) => "condition cleared",
+                };
                 let mut e = event(EventKind::ViolationEnded, &ep.finding, &ep.meta, now);
                 e.duration_seconds = Some(duration);
-                e.message = if gone {
-                    format!(
-                        "container removed; violation lasted {duration:.0}s: {}",
-                        ep.finding.message
-                    )
-                } else {
-                    format!(
-                        "violation cleared after {duration:.0}s: {}",
-                        ep.finding.message
-                    )
-                };
+                e.message = format!("{why} after {duration:.0}s: {}", ep.finding.message);
                 events.push(e);
             }
         }
@@ -1337,5 +1340,35 @@ runtime_policies:
             Some("malicious.com")
         );
         assert_eq!(r.len(), 1, "suspicious.net has no address in the table");
+    }
+
+    #[tokio::test]
+    async fn evaluating_an_unchanged_host_is_cheap() {
+        let (e, docker, _) = engine(config::DEFAULT_POLICY);
+        let metas: Vec<Arc<ContainerMeta>> = (0..300)
+            .map(|i| {
+                let mut m = fixture_meta("inspect-policy-plain.json");
+                m.id = format!("{i:064x}");
+                m.name = format!("c{i}");
+                Arc::new(m)
+            })
+            .collect();
+        let snap = snapshot(metas.iter().map(|m| running(m, 1 << 20)).collect());
+        e.evaluate(&snap).await;
+        assert_eq!(docker.tops.load(Ordering::Relaxed), 300);
+        let start = Instant::now();
+        for _ in 0..20 {
+            e.evaluate(&snap).await;
+        }
+        let each = start.elapsed() / 20;
+        eprintln!("evaluation of 300 unchanged containers: {each:?}");
+        assert_eq!(
+            docker.tops.load(Ordering::Relaxed),
+            300,
+            "process listings are cached"
+        );
+        // 300 containers x (2 processes, 1 published and 1 exposed port), every one still open.
+        assert_eq!(e.active().len(), 300 * 4);
+        assert!(each < Duration::from_millis(100), "{each:?}");
     }
 }
