@@ -430,10 +430,11 @@ impl PolicyEngine {
         *self.resolved.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
-    /// Evaluates one snapshot and updates episodes, events and metrics.
-    pub async fn evaluate(&self, snapshot: &Snapshot) {
+    /// Evaluates one snapshot and updates episodes and metrics; returns the events it
+    /// published.
+    pub async fn evaluate(&self, snapshot: &Snapshot) -> Vec<ViolationEvent> {
         if !snapshot.docker_up {
-            return;
+            return Vec::new();
         }
         let started = Instant::now();
         let loaded = self
@@ -661,13 +662,14 @@ impl PolicyEngine {
 
         let elapsed = started.elapsed().as_secs_f64();
         let (events, quarantines) = self.apply(findings, snapshot, elapsed);
-        for e in events {
-            self.hub.publish(e);
+        for e in &events {
+            self.hub.publish(e.clone());
         }
         for (meta, event) in quarantines {
             let enforcer = self.enforcer.clone();
             tokio::spawn(async move { enforcer.quarantine(&meta, &event).await });
         }
+        events
     }
 
     async fn repo_digests(&self, st: &mut EvalState, meta: &ContainerMeta) -> Vec<String> {
@@ -1180,9 +1182,38 @@ runtime_policies:
         let mut meta = fixture_meta("inspect-policy-plain.json");
         meta.image = "dwt/app:dev".into();
         let meta = Arc::new(meta);
+        let mut events = Vec::new();
         for _ in 0..10 {
-            e.evaluate(&snapshot(vec![running(&meta, 2 << 20)])).await;
+            events.extend(e.evaluate(&snapshot(vec![running(&meta, 2 << 20)])).await);
         }
+        // Three conditions held for ten cycles: three start events, nothing else.
+        let mut started: Vec<(EventKind, String, String)> = events
+            .iter()
+            .map(|e| (e.kind, e.rule.clone(), e.subject.clone()))
+            .collect();
+        started.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            started,
+            vec![
+                (
+                    EventKind::ViolationStarted,
+                    "image_tag".into(),
+                    "dev".into()
+                ),
+                (
+                    EventKind::ViolationStarted,
+                    "runtime_memory".into(),
+                    "memory".into()
+                ),
+                (
+                    EventKind::ViolationStarted,
+                    "runtime_process".into(),
+                    "yes".into()
+                ),
+            ]
+        );
+        assert_eq!(events[0].container_id, meta.id);
+        assert_eq!(events[0].image, "dwt/app:dev");
         // One process listing: the cache holds for the process interval.
         assert_eq!(docker.tops.load(Ordering::Relaxed), 1);
         let mut active: Vec<(String, &str, String)> =
@@ -1205,8 +1236,21 @@ runtime_policies:
             "dockwatch_policy_violation_active{{policy=\"rt\",rule=\"runtime_process\",category=\"runtime\",severity=\"HIGH\",mode=\"enforce\",container=\"{name}\",subject=\"yes\"}} 1.0\n"
         )), "{text}");
 
-        // Memory drops: that episode ends; the others go on.
-        e.evaluate(&snapshot(vec![running(&meta, 1 << 19)])).await;
+        // Memory drops: that episode ends, with its duration; the others go on.
+        let ended = e.evaluate(&snapshot(vec![running(&meta, 1 << 19)])).await;
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            (ended[0].kind, ended[0].rule.as_str()),
+            (EventKind::ViolationEnded, "runtime_memory")
+        );
+        assert!(ended[0].duration_seconds.is_some_and(|d| d >= 0.0));
+        assert!(
+            ended[0]
+                .message
+                .starts_with("condition cleared after 0s: memory working set 2.0 MiB"),
+            "{}",
+            ended[0].message
+        );
         assert_eq!(e.active().len(), 2);
         // Back above: a second episode, counted once more.
         e.evaluate(&snapshot(vec![running(&meta, 2 << 20)])).await;
@@ -1215,7 +1259,12 @@ runtime_policies:
             "dockwatch_policy_violations_total{{policy=\"rt\",rule=\"runtime_memory\",severity=\"MEDIUM\",container=\"{name}\"}} 2.0\n"
         )), "{text}");
         // Container gone: every episode ends, the counter stays, the gauge goes.
-        e.evaluate(&snapshot(vec![])).await;
+        let ended = e.evaluate(&snapshot(vec![])).await;
+        assert_eq!(ended.len(), 3);
+        assert!(
+            ended.iter().all(|e| e.kind == EventKind::ViolationEnded
+                && e.message.starts_with("container removed"))
+        );
         assert!(e.active().is_empty());
         let text = render(&e);
         assert!(
