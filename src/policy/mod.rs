@@ -478,6 +478,13 @@ impl PolicyEngine {
         st.statics.retain(|id, _| present.contains(id.as_str()));
         st.processes.retain(|id, _| present.contains(id.as_str()));
         st.pending.retain(|k, _| present.contains(k.0.as_str()));
+        let images: BTreeSet<&str> = snapshot
+            .containers
+            .iter()
+            .map(|c| c.meta.image_id.as_str())
+            .collect();
+        st.image_digests
+            .retain(|id, _| images.contains(id.as_str()));
 
         let mut findings: BTreeMap<Key, (Finding, Arc<ContainerMeta>)> = BTreeMap::new();
         let mut add = |meta: &Arc<ContainerMeta>, f: Finding| {
