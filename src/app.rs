@@ -28,7 +28,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to docker at {}", args.docker_host))?,
     );
     let host = if args.host {
-        Some(HostCollector::new(args.procfs.clone()).context("starting the host collector")?)
+        Some(
+            HostCollector::new(args.procfs.clone(), args.rootfs.clone())
+                .context("starting the host collector")?,
+        )
     } else {
         None
     };

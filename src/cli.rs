@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
     pub procfs: PathBuf,
 
+    /// Where the host's root filesystem is mounted (set to /host/root when running in a
+    /// container); filesystem mount points are reported without this prefix.
+    #[arg(long = "path.rootfs", value_name = "PATH", default_value = "/")]
+    pub rootfs: PathBuf,
+
     /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
