@@ -5,6 +5,11 @@
 //! other figure comes from files under `--path.procfs` (parsed in [`procfs`]) and from
 //! `statvfs` on the mounts under `--path.rootfs` ([`filesystem`]).
 //!
+//! Network figures (`net/dev`, `net/tcp`, `net/tcp6`) are read from `<procfs>/1/net/`, the
+//! network namespace of PID 1, falling back to `<procfs>/net/` (dockwatch's own namespace).
+//! With the host's `/proc` that is the host's network namespace even when dockwatch runs in
+//! a container with a network of its own.
+//!
 //! A missing or unreadable file leaves out the families it feeds and is logged at debug;
 //! only when nothing at all can be read does [`HostCollector::collect`] fail.
 
@@ -51,13 +56,25 @@ pub enum HostError {
         source: ParseError,
     },
     /// Not one host file could be read: `--path.procfs` is probably wrong.
-    #[error("no host figures readable under {procfs}: {first}")]
+    #[error("no host figures readable under {}: {}", procfs.display(), with_causes(first))]
     Unreadable {
         /// `--path.procfs`.
         procfs: PathBuf,
         /// The first failure.
         first: Box<HostError>,
     },
+}
+
+/// An error and its sources, joined with `: `.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// CPU usage of one core over the last interval.
@@ -113,7 +130,7 @@ pub struct HostSnapshot {
     pub filesystems: Vec<Filesystem>,
     /// Whole disks (no partitions, RAM, loop or zram devices).
     pub disks: Vec<DiskStats>,
-    /// Network interfaces of the network namespace `/proc/net/dev` belongs to.
+    /// Network interfaces of PID 1's network namespace (the host's, given the host's /proc).
     pub network: Vec<NetDev>,
     /// TCP sockets (IPv4 and IPv6) per state, indexed like [`procfs::TCP_STATES`].
     pub tcp_connections: Option<[u64; 11]>,
@@ -163,7 +180,7 @@ impl HostSnapshot {
             .encode(enc)?;
         let mut freq = Family::new(
             "dockwatch_host_cpu_frequency_hertz",
-            "Current frequency of each host CPU (cpufreq scaling_cur_freq, else cpu MHz of /proc/cpuinfo)",
+            "Current frequency of each host CPU (cpufreq, else /proc/cpuinfo)",
             Gauge,
         );
         for (cpu, hz) in &self.cpu_frequency_hertz {
@@ -487,7 +504,7 @@ struct Reads {
 
 impl Reads {
     fn failed(&mut self, e: HostError) {
-        debug!(error = %e, "host source skipped");
+        debug!(error = %with_causes(&e), "host source skipped");
         if self.first_error.is_none() {
             self.first_error = Some(e);
         }
@@ -549,7 +566,9 @@ impl HostCollector {
                 .filter(|d| !procfs::disk_excluded(&d.device))
                 .collect();
         }
-        if let Some(net) = self.parse_file(&mut reads, "net/dev", procfs::parse_net_dev) {
+        if let Some(net) =
+            self.parse_first(&mut reads, &["1/net/dev", "net/dev"], procfs::parse_net_dev)
+        {
             snap.network = net;
         }
         snap.tcp_connections = self.tcp_connections(&mut reads);
@@ -592,34 +611,44 @@ impl HostCollector {
             .collect();
     }
 
-    fn read_file(&self, reads: &mut Reads, rel: &str) -> Option<(PathBuf, String)> {
-        let path = self.procfs.join(rel);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Some((path, text)),
-            Err(source) => {
-                reads.failed(HostError::Read { path, source });
-                None
-            }
-        }
-    }
-
     fn parse_file<T>(
         &self,
         reads: &mut Reads,
         rel: &str,
-        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+        parse: impl Fn(&str) -> Result<T, ParseError>,
     ) -> Option<T> {
-        let (path, text) = self.read_file(reads, rel)?;
-        match parse(&text) {
-            Ok(v) => {
-                reads.ok += 1;
-                Some(v)
-            }
-            Err(source) => {
-                reads.failed(HostError::Parse { path, source });
-                None
+        self.parse_first(reads, &[rel], parse)
+    }
+
+    /// The first of `rels` that reads and parses. Only when all fail is a failure recorded
+    /// (the last one's).
+    fn parse_first<T>(
+        &self,
+        reads: &mut Reads,
+        rels: &[&str],
+        parse: impl Fn(&str) -> Result<T, ParseError>,
+    ) -> Option<T> {
+        let mut last = None;
+        for rel in rels {
+            let path = self.procfs.join(rel);
+            let res = std::fs::read_to_string(&path)
+                .map_err(|source| HostError::Read {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|text| parse(&text).map_err(|source| HostError::Parse { path, source }));
+            match res {
+                Ok(v) => {
+                    reads.ok += 1;
+                    return Some(v);
+                }
+                Err(e) => last = Some(e),
             }
         }
+        if let Some(e) = last {
+            reads.failed(e);
+        }
+        None
     }
 
     /// cpufreq's `scaling_cur_freq` (kHz) for each CPU in `/proc/stat`, else the per-processor
@@ -644,14 +673,11 @@ impl HostCollector {
     }
 
     fn filesystems(&self, reads: &mut Reads) -> Vec<Filesystem> {
-        let mut mounts = None;
-        for rel in ["1/mountinfo", "self/mountinfo"] {
-            if let Some(m) = self.parse_file(reads, rel, procfs::parse_mountinfo) {
-                mounts = Some(m);
-                break;
-            }
-        }
-        let Some(mounts) = mounts else {
+        let Some(mounts) = self.parse_first(
+            reads,
+            &["1/mountinfo", "self/mountinfo"],
+            procfs::parse_mountinfo,
+        ) else {
             return Vec::new();
         };
         filesystem::select(&mounts, &self.rootfs)
@@ -663,9 +689,9 @@ impl HostCollector {
     fn tcp_connections(&self, reads: &mut Reads) -> Option<[u64; 11]> {
         let mut counts = [0u64; 11];
         let mut any = false;
-        for rel in ["net/tcp", "net/tcp6"] {
-            // tcp6 is absent when IPv6 is disabled; that is not a failure of the family.
-            let parsed = self.parse_file(reads, rel, |text| {
+        for rels in [["1/net/tcp", "net/tcp"], ["1/net/tcp6", "net/tcp6"]] {
+            // tcp6 is absent when IPv6 is disabled; the family is still complete.
+            let parsed = self.parse_first(reads, &rels, |text| {
                 let mut c = [0u64; 11];
                 procfs::count_tcp_states(text, &mut c).map(|()| c)
             });
@@ -777,12 +803,43 @@ mod tests {
     }
 
     #[test]
+    fn network_prefers_the_namespace_of_pid_1() {
+        let dir = std::env::temp_dir().join(format!("dockwatch-host-netns-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("1/net")).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let header = "h1\nh2\n";
+        std::fs::write(
+            dir.join("net/dev"),
+            format!("{header}  eth0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("1/net/dev"),
+            format!("{header}  ens3: 9 9 0 0 0 0 0 0 9 9 0 0 0 0 0 0\n"),
+        )
+        .unwrap();
+        // PID 1's tcp is unreadable here (garbage), so dockwatch's own is used.
+        std::fs::write(dir.join("1/net/tcp"), "header\n 0: a b ZZ\n").unwrap();
+        std::fs::copy(fixture_root().join("net/tcp"), dir.join("net/tcp")).unwrap();
+        let snap = collector(dir.clone()).collect().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let names: Vec<&str> = snap.network.iter().map(|n| n.interface.as_str()).collect();
+        assert_eq!(names, ["ens3"]);
+        let tcp = snap.tcp_connections.unwrap();
+        assert_eq!((tcp[0], tcp[5], tcp[9]), (2, 2, 1));
+    }
+
+    #[test]
     fn nothing_readable_is_an_error() {
         let mut c = collector(PathBuf::from("/nonexistent-procfs"));
         let err = c.collect().unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.starts_with("no host figures readable under /nonexistent-procfs: reading /nonexistent-procfs/stat"),
+            msg.starts_with(
+                "no host figures readable under /nonexistent-procfs: \
+                 reading /nonexistent-procfs/stat: No such file or directory"
+            ),
             "{msg}"
         );
     }
@@ -877,9 +934,10 @@ mod tests {
         }
         assert_eq!(
             lines_of(&text, "dockwatch_host_filesystem_avail_bytes"),
-            [
-                r#"dockwatch_host_filesystem_avail_bytes{device="/dev/vda",mountpoint="/",fstype="ext4"} 500.0"#
-            ]
+            [concat!(
+                r#"dockwatch_host_filesystem_avail_bytes"#,
+                r#"{device="/dev/vda",mountpoint="/",fstype="ext4"} 500.0"#
+            )]
         );
         assert_eq!(
             lines_of(&text, "dockwatch_host_disk_read_bytes_total")[3],
