@@ -364,6 +364,96 @@ fn rootfs_prefix_is_not_in_the_labels() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// dockwatch in a container with the host's `/proc` at `/host/proc` and its root at
+/// `/host/root` reports the host's mount points, network namespace and memory. The test image
+/// has no libc, so the binary runs through the host's dynamic loader under `/host/root`.
+#[test]
+fn containerised_dockwatch_reports_the_host() {
+    let image = common::image();
+    let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2")
+        .expect("the host's dynamic loader /lib64/ld-linux-x86-64.so.2");
+    let libs = loader.parent().unwrap().to_str().unwrap().to_string();
+    let under_root = |p: &str| format!("/host/root{p}");
+    let port = common::free_port();
+    let publish = format!("127.0.0.1:{port}:9487");
+    let (loader, libs, exe) = (
+        under_root(loader.to_str().unwrap()),
+        under_root(&libs),
+        under_root(env!("CARGO_BIN_EXE_dockwatch")),
+    );
+    let c = common::Container::run(
+        "hostfs",
+        &[
+            "-p",
+            &publish,
+            "-v",
+            "/proc:/host/proc:ro",
+            "-v",
+            "/:/host/root:ro",
+        ],
+        &image,
+        &[
+            &loader,
+            "--library-path",
+            &libs,
+            &exe,
+            "--web.listen-address",
+            "0.0.0.0:9487",
+            "--path.procfs",
+            "/host/proc",
+            "--path.rootfs",
+            "/host/root",
+            "--collect.interval",
+            "1s",
+            // No engine in there; only the host part is looked at.
+            "--docker.host",
+            "unix:///nonexistent.sock",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inside = loop {
+        let body = ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok());
+        if let Some(body) = body.filter(|b| b.contains("dockwatch_host_filesystem_size_bytes")) {
+            break Metrics::parse(&body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerised dockwatch did not serve host metrics; log:\n{}",
+            common::docker(&["logs", &c.name])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let host = Dockwatch::start(&["--collect.interval", "1s"]).scrape();
+
+    let mounts = |m: &Metrics| -> BTreeSet<String> {
+        m.all("dockwatch_host_filesystem_size_bytes", &[])
+            .iter()
+            .map(|s| s.labels["mountpoint"].clone())
+            .collect()
+    };
+    assert_eq!(mounts(&inside), mounts(&host));
+    let root = [("mountpoint", "/")];
+    assert_eq!(
+        inside.value("dockwatch_host_filesystem_size_bytes", &root),
+        host.value("dockwatch_host_filesystem_size_bytes", &root)
+    );
+    assert_eq!(
+        inside.value("dockwatch_host_memory_total_bytes", &[]),
+        host.value("dockwatch_host_memory_total_bytes", &[])
+    );
+    // docker0 exists only in the host's network namespace, not in the container's.
+    let interfaces: BTreeSet<String> = inside
+        .all("dockwatch_host_network_receive_bytes_total", &[])
+        .iter()
+        .map(|s| s.labels["interface"].clone())
+        .collect();
+    assert!(interfaces.contains("docker0"), "{interfaces:?}");
+}
+
 fn promtool_check(text: &str) {
     common::require("promtool", "prometheus");
     let mut child = Command::new("promtool")
