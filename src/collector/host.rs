@@ -48,12 +48,12 @@ pub enum HostError {
         source: std::io::Error,
     },
     /// A `/proc` file was read but a field did not parse.
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// Line, field and value.
-        source: ParseError,
+        error: ParseError,
     },
     /// Not one host file could be read: `--path.procfs` is probably wrong.
     #[error("no host figures readable under {}: {}", procfs.display(), with_causes(first))]
@@ -636,7 +636,7 @@ impl HostCollector {
                     path: path.clone(),
                     source,
                 })
-                .and_then(|text| parse(&text).map_err(|source| HostError::Parse { path, source }));
+                .and_then(|text| parse(&text).map_err(|error| HostError::Parse { path, error }));
             match res {
                 Ok(v) => {
                     reads.ok += 1;
@@ -828,6 +828,19 @@ mod tests {
         assert_eq!(names, ["ens3"]);
         let tcp = snap.tcp_connections.unwrap();
         assert_eq!((tcp[0], tcp[5], tcp[9]), (2, 2, 1));
+    }
+
+    #[test]
+    fn parse_errors_name_file_line_field_and_value() {
+        let error = procfs::parse_meminfo("MemTotal: 1 kB\nMemFree: x kB\n").unwrap_err();
+        let e = HostError::Parse {
+            path: PathBuf::from("/host/proc/meminfo"),
+            error,
+        };
+        assert_eq!(
+            with_causes(&e),
+            r#"parsing /host/proc/meminfo: line 2: field MemFree: invalid value "x""#
+        );
     }
 
     #[test]
