@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::anomaly::Anomaly;
 use crate::cli::RunArgs;
 use crate::collector::host::HostCollector;
 use crate::collector::{Collector, CollectorConfig};
@@ -71,6 +72,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy_task = tokio::spawn(policy.clone().run(collector.subscribe(), shutdown.clone()));
     tokio::spawn(reload_on_sighup(policy.clone(), shutdown.clone()));
 
+    // Anomaly scoring: rolling windows over scheduled snapshots, GET /api/v1/windows.
+    let anomaly = Anomaly::new(
+        args.anomaly
+            .config(args.interval)
+            .context("checking the anomaly flags")?,
+    );
+    registry.register_collector(Box::new(anomaly.collector()));
+    extra = extra.merge(anomaly.routes());
+
     let state = AppState {
         registry: Arc::new(registry),
         snapshot: collector.subscribe(),
@@ -82,6 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen_address))?;
     info!(address = %listener.local_addr()?, path = %args.telemetry_path, "serving metrics");
 
+    tokio::spawn(anomaly.run(collector.subscribe(), shutdown.clone()));
     let collection = tokio::spawn(collector.clone().run(shutdown.clone()));
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -26,6 +26,8 @@ pub enum Command {
         /// The policy file (YAML).
         file: PathBuf,
     },
+    /// Print a performance report per container from a running dockwatch or from Prometheus.
+    Report(crate::anomaly::report::ReportArgs),
 }
 
 /// Flags of the exporter itself.
@@ -102,6 +104,10 @@ pub struct RunArgs {
     /// Security policy flags.
     #[command(flatten)]
     pub policy: crate::policy::PolicyArgs,
+
+    /// Anomaly scoring flags (`--anomaly.*`).
+    #[command(flatten)]
+    pub anomaly: crate::anomaly::AnomalyArgs,
 }
 
 /// Log output format.

@@ -3,6 +3,7 @@
 //! A background loop ([`collector`]) reads the Docker Engine and the host every interval into a
 //! [`model::Snapshot`]; [`metrics`] encodes the latest snapshot on `/metrics` ([`http`]).
 
+pub mod anomaly;
 pub mod app;
 pub mod cli;
 pub mod collector;

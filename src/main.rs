@@ -19,6 +19,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Report(args)) => match dockwatch::anomaly::report::run(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dockwatch report: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => {
             init_tracing(&cli.run.log_level, cli.run.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
