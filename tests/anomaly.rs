@@ -17,9 +17,74 @@ use common::{Container, Dockwatch, Metrics};
 const ZSCORE: &str = "dockwatch_anomaly_zscore";
 const ANOMALIES: &str = "dockwatch_anomalies_total";
 
+/// A Prometheus server scraping one dockwatch every second, stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Prometheus {
+        common::require("prometheus", "prometheus");
+        let dir = common::tempdir("prometheus");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: dockwatch\n    static_configs:\n\
+                 \x20     - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = common::free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("starting prometheus");
+        let p = Prometheus { child, port, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if ureq::get(&p.url("/-/ready")).call().is_ok() {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "prometheus did not become ready: {}",
+            std::fs::read_to_string(p.dir.join("prometheus.log")).unwrap_or_default()
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn report(dw: &Dockwatch, extra: &[&str]) -> String {
+    run_report(&["--url", &dw.url("")], extra)
+}
+
+fn run_report(source: &[&str], extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dockwatch"))
-        .args(["report", "--url", &dw.url("")])
+        .arg("report")
+        .args(source)
         .args(extra)
         .output()
         .expect("running dockwatch report");
@@ -43,6 +108,7 @@ fn cpu_samples(m: &Metrics, name: &str) -> f64 {
 fn cpu_burst_scores_high_and_report_reads_the_windows() {
     let image = common::image();
     let dw = Dockwatch::start(&["--collect.interval", "1s", "--anomaly.min-samples", "10"]);
+    let prometheus = Prometheus::start(dw.port);
     let idle = Container::run("anidle", &[], &image, &["sleep", "3600"]);
     let burner = Container::run(
         "anburn",
@@ -229,6 +295,42 @@ fn cpu_burst_scores_high_and_report_reads_the_windows() {
     let all = report(&dw, &[]);
     assert!(all.contains(&format!("Container {i} ")) && all.contains(&format!("Container {b} ")));
 
+    // The same figures from Prometheus's history of this run (scraped every second).
+    let from_prometheus: serde_json::Value = serde_json::from_str(&run_report(
+        &["--prometheus", &prometheus.url("")],
+        &["--hours", "1", "--format", "json"],
+    ))
+    .expect("report JSON");
+    let history = from_prometheus["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == b)
+        .unwrap_or_else(|| panic!("{b} missing from the Prometheus report: {from_prometheus:#}"))
+        .clone();
+    assert_eq!(history["instance"], format!("127.0.0.1:{}", dw.port));
+    let scraped = history["samples"].as_f64().unwrap();
+    assert!(scraped >= 20.0, "{scraped} points scraped: {history:#}");
+    let history_p95 = history["cpu_percent"]["p95"].as_f64().unwrap();
+    assert!(
+        (8.0..=65.0).contains(&history_p95),
+        "history p95 {history_p95}%: {history:#}"
+    );
+    assert_eq!(history["cpu_limit_cores"].as_f64(), Some(0.5));
+    assert!(
+        history["anomalies"]["high"].as_u64().unwrap() >= 1,
+        "no high anomaly in the history: {history:#}"
+    );
+    let text = run_report(
+        &["--prometheus", &prometheus.url("")],
+        &["--hours", "1", "--container", b],
+    );
+    assert!(
+        text.contains(&format!("Container {b} (id {}", burner.short_id())),
+        "{text}"
+    );
+    assert!(!text.contains(i), "{text}");
+
     // A container that is not there fails clearly.
     let out = Command::new(env!("CARGO_BIN_EXE_dockwatch"))
         .args([
@@ -277,5 +379,32 @@ impl StdinBytes for Command {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
+    }
+}
+
+#[test]
+fn recommendation_rules_pass_promtool() {
+    common::require("promtool", "prometheus");
+    let root = env!("CARGO_MANIFEST_DIR");
+    for args in [
+        ["check", "rules", "prometheus-rules/recommendations.yml"],
+        [
+            "test",
+            "rules",
+            "prometheus-rules/tests/recommendations_test.yml",
+        ],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
