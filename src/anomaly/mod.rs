@@ -814,6 +814,12 @@ pub(crate) mod tests {
         );
         assert_eq!(d.host().unwrap()[0].stats().unwrap().mean, 0.25);
 
+        // A cycle in which Docker did not answer lists nothing but forgets nothing.
+        let mut down = snapshot(1005.5, Vec::new());
+        down.docker_up = false;
+        d.observe(&down);
+        assert_eq!(d.containers().count(), 2);
+
         d.observe(&snapshot(1006.0, vec![one(&b, usage(1006.0, 0.2, 200))]));
         let names: Vec<&str> = d.containers().map(|c| c.meta.name.as_str()).collect();
         assert_eq!(names, ["db"]);
