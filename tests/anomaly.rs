@@ -254,6 +254,10 @@ fn cpu_burst_scores_high_and_report_reads_the_windows() {
         burner_max <= 70.0,
         "burner cpu max {burner_max}% over a 50% quota"
     );
+    eprintln!(
+        "burner: {before} idle samples, peak cpu z {peak:.2}, {high} high anomalies, \
+         window p95 {p95:.3} cores, report p95 {burner_p95:.1}% max {burner_max:.1}%"
+    );
     let idle_p95 = ji["cpu_percent"]["p95"].as_f64().unwrap();
     assert!(idle_p95 < 5.0, "idle cpu p95 {idle_p95}%");
     assert!(jb["anomalies"]["high"].as_u64().unwrap() >= 1);
