@@ -340,7 +340,16 @@ fn live_oom_kill_alerts_and_resolves() {
     );
     let hook = stack.webhook.as_ref().unwrap();
     let firing = hook.wait_for(Duration::from_secs(90), "/alert", "DockwatchContainerOOMKilled", &c.name, "firing")
-        .unwrap_or_else(|| panic!("no firing notification\n{}", stack.diagnostics()));
+        .unwrap_or_else(|| {
+            let state = common::docker(&["inspect", "--format", "{{json .State}}", &c.name]);
+            let scrape = stack.dockwatch.get("/metrics");
+            let series: Vec<&str> = scrape.lines().filter(|l| l.contains(&c.name)).collect();
+            panic!(
+                "no firing notification; container state {state}\ndockwatch series:\n{}\n{}",
+                series.join("\n"),
+                stack.diagnostics()
+            )
+        });
     assert_eq!(firing["labels"]["severity"], "alert");
     assert_eq!(firing["labels"]["job"], LIVE_JOB);
     assert_eq!(firing["labels"]["id"], c.short_id());
