@@ -42,12 +42,36 @@ const SEVERITIES: &[&str] = &["page", "alert", "ticket", "info"];
 /// Dashboard panels (dashboard uid, panel title) and annotations (dashboard uid, annotation
 /// name) that return no data until something happens. Keep in step with docs/stack.md.
 const EMPTY_UNTIL_EVENT: &[(&str, &str, &str)] = &[
-    ("dockwatch-containers", "Anomalies in range", "no anomaly has been detected yet"),
-    ("dockwatch-containers", "Recommendations", "no container has earned a recommendation yet"),
-    ("dockwatch-containers", "Container anomalies", "annotation: no anomaly has been detected yet"),
-    ("dockwatch-host", "Host anomalies", "annotation: no host anomaly has been detected yet"),
-    ("dockwatch-security", "Enforcement actions", "no enforce-mode policy has acted yet"),
-    ("dockwatch-security", "Events dropped", "no event sink has dropped an event yet"),
+    (
+        "dockwatch-containers",
+        "Anomalies in range",
+        "no anomaly has been detected yet",
+    ),
+    (
+        "dockwatch-containers",
+        "Recommendations",
+        "no container has earned a recommendation yet",
+    ),
+    (
+        "dockwatch-containers",
+        "Container anomalies",
+        "annotation: no anomaly has been detected yet",
+    ),
+    (
+        "dockwatch-host",
+        "Host anomalies",
+        "annotation: no host anomaly has been detected yet",
+    ),
+    (
+        "dockwatch-security",
+        "Enforcement actions",
+        "no enforce-mode policy has acted yet",
+    ),
+    (
+        "dockwatch-security",
+        "Events dropped",
+        "no event sink has dropped an event yet",
+    ),
     (
         "dockwatch-security",
         "Unscanned images",
@@ -82,8 +106,16 @@ fn root() -> PathBuf {
 fn rules_pass_promtool_check() {
     require("promtool", "prometheus");
     let files = rule_files(&root().join("prometheus-rules"));
-    assert!(files.len() >= 2, "alerts.yml and records.yml at least: {files:?}");
-    run_ok(Command::new("promtool").arg("check").arg("rules").args(&files));
+    assert!(
+        files.len() >= 2,
+        "alerts.yml and records.yml at least: {files:?}"
+    );
+    run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .args(&files),
+    );
 }
 
 #[test]
@@ -91,7 +123,12 @@ fn rules_pass_promtool_unit_tests() {
     require("promtool", "prometheus");
     let tests = rule_test_files();
     assert!(!tests.is_empty(), "no prometheus-rules/tests/*_test.yml");
-    let out = run_ok(Command::new("promtool").arg("test").arg("rules").args(&tests));
+    let out = run_ok(
+        Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .args(&tests),
+    );
     assert_eq!(out.matches("SUCCESS").count(), tests.len(), "{out}");
 }
 
@@ -117,8 +154,14 @@ fn every_alert_has_a_firing_and_a_silent_unit_test() {
     }
     let no_fire: Vec<_> = alerts.difference(&fires).collect();
     let no_silent: Vec<_> = alerts.difference(&silent).collect();
-    assert!(no_fire.is_empty(), "alerts without a firing unit test: {no_fire:?}");
-    assert!(no_silent.is_empty(), "alerts without a must-not-fire unit test: {no_silent:?}");
+    assert!(
+        no_fire.is_empty(),
+        "alerts without a firing unit test: {no_fire:?}"
+    );
+    assert!(
+        no_silent.is_empty(),
+        "alerts without a must-not-fire unit test: {no_silent:?}"
+    );
 }
 
 #[test]
@@ -129,19 +172,32 @@ fn alerts_carry_severity_summary_description_and_for() {
     for a in alerts {
         let name = a["alert"].as_str().unwrap();
         let severity = a["labels"]["severity"].as_str().unwrap_or_default();
-        assert!(SEVERITIES.contains(&severity), "{name}: severity {severity:?}");
+        assert!(
+            SEVERITIES.contains(&severity),
+            "{name}: severity {severity:?}"
+        );
         assert!(a["for"].is_string(), "{name}: no explicit for:");
         let summary = a["annotations"]["summary"].as_str().unwrap_or_default();
         let description = a["annotations"]["description"].as_str().unwrap_or_default();
-        assert!(!summary.is_empty() && !description.is_empty(), "{name}: annotations");
+        assert!(
+            !summary.is_empty() && !description.is_empty(),
+            "{name}: annotations"
+        );
         // absent() has no value worth printing.
         if name != "DockwatchAbsent" {
-            assert!(description.contains("$value"), "{name}: description without the value");
+            assert!(
+                description.contains("$value"),
+                "{name}: description without the value"
+            );
         }
         let expr = a["expr"].as_str().unwrap();
-        let per_container = ["dockwatch_container_", "dockwatch_anomaly_", "dockwatch_policy_violation"]
-            .iter()
-            .any(|p| expr.contains(p));
+        let per_container = [
+            "dockwatch_container_",
+            "dockwatch_anomaly_",
+            "dockwatch_policy_violation",
+        ]
+        .iter()
+        .any(|p| expr.contains(p));
         if per_container {
             assert!(
                 description.contains("$labels.name") || description.contains("$labels.container"),
@@ -191,8 +247,12 @@ fn alertmanager_config_is_valid_and_routes_by_severity() {
         assert_eq!(out.trim(), *severity, "severity={severity} routes to {out}");
     }
     let doc = load_yaml(&config);
-    let group_by: Vec<&str> =
-        doc["route"]["group_by"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let group_by: Vec<&str> = doc["route"]["group_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(group_by, ["alertname", "container"]);
     let inhibits = doc["inhibit_rules"].as_array().unwrap();
     assert!(
@@ -208,16 +268,40 @@ fn alertmanager_config_is_valid_and_routes_by_severity() {
 fn compose_file_and_prometheus_config_are_valid() {
     require("docker-compose", "docker-compose");
     require("promtool", "prometheus");
-    run_ok(Command::new("docker-compose").arg("-f").arg(root().join("docker-compose.yml")).args(["config", "-q"]));
-    run_ok(Command::new("promtool").args(["check", "config"]).arg(root().join("prometheus/prometheus.yml")));
+    run_ok(
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(root().join("docker-compose.yml"))
+            .args(["config", "-q"]),
+    );
+    run_ok(
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(root().join("prometheus/prometheus.yml")),
+    );
 
     let compose = load_yaml(&root().join("docker-compose.yml"));
-    assert!(compose.get("version").is_none(), "Compose Specification files have no version key");
+    assert!(
+        compose.get("version").is_none(),
+        "Compose Specification files have no version key"
+    );
     let dw = &compose["services"]["dockwatch"];
     assert_eq!(dw["pid"], "host");
-    let command: Vec<&str> = dw["command"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    for flag in ["--path.procfs=/host/proc", "--path.rootfs=/host/root", "--collector.cgroup.root=/host/sys/fs/cgroup"] {
-        assert!(command.contains(&flag), "dockwatch command lacks {flag}: {command:?}");
+    let command: Vec<&str> = dw["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for flag in [
+        "--path.procfs=/host/proc",
+        "--path.rootfs=/host/root",
+        "--collector.cgroup.root=/host/sys/fs/cgroup",
+    ] {
+        assert!(
+            command.contains(&flag),
+            "dockwatch command lacks {flag}: {command:?}"
+        );
     }
     let mounts: BTreeMap<&str, &Value> = dw["volumes"]
         .as_array()
@@ -231,18 +315,33 @@ fn compose_file_and_prometheus_config_are_valid() {
         ("/sys/fs/cgroup", "/host/sys/fs/cgroup"),
         ("/", "/host/root"),
     ] {
-        let m = mounts.get(target).unwrap_or_else(|| panic!("no mount at {target}"));
+        let m = mounts
+            .get(target)
+            .unwrap_or_else(|| panic!("no mount at {target}"));
         assert_eq!(m["source"], source);
         assert_eq!(m["read_only"], true, "{target} must be read-only");
     }
     // Every shipped file the stack mounts exists.
-    for path in ["prometheus/prometheus.yml", "alertmanager/alertmanager.yml", "grafana/provisioning", "grafana/dashboards", "prometheus-rules", "Dockerfile"] {
+    for path in [
+        "prometheus/prometheus.yml",
+        "alertmanager/alertmanager.yml",
+        "grafana/provisioning",
+        "grafana/dashboards",
+        "prometheus-rules",
+        "Dockerfile",
+    ] {
         assert!(root().join(path).exists(), "{path} missing");
     }
     let provider = load_yaml(&root().join("grafana/provisioning/dashboards/dashboards.yml"));
-    assert_eq!(provider["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
+    assert_eq!(
+        provider["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
     let grafana_volumes = compose["services"]["grafana"]["volumes"].to_string();
-    assert!(grafana_volumes.contains("./grafana/dashboards:/var/lib/grafana/dashboards"), "{grafana_volumes}");
+    assert!(
+        grafana_volumes.contains("./grafana/dashboards:/var/lib/grafana/dashboards"),
+        "{grafana_volumes}"
+    );
 }
 
 #[test]
@@ -250,7 +349,11 @@ fn dockerfile_builds_in_two_stages() {
     let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(froms.len(), 2, "{froms:?}");
-    assert!(froms[0].starts_with("FROM rust:1.95") && froms[0].ends_with(" AS builder"), "{}", froms[0]);
+    assert!(
+        froms[0].starts_with("FROM rust:1.95") && froms[0].ends_with(" AS builder"),
+        "{}",
+        froms[0]
+    );
     assert_eq!(froms[1], "FROM debian:bookworm-slim");
     assert!(text.contains("COPY --from=builder"));
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/dockwatch\"]"));
@@ -262,9 +365,14 @@ fn dashboards_have_unique_uids_titles_and_use_the_datasource_variable() {
     assert_eq!(dashboards.len(), 3, "host, containers, security");
     let mut uids = BTreeSet::new();
     for (file, d) in &dashboards {
-        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{file}: no uid"));
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no uid"));
         assert!(uids.insert(uid.to_string()), "{file}: uid {uid} used twice");
-        assert!(!d["title"].as_str().unwrap_or_default().is_empty(), "{file}: no title");
+        assert!(
+            !d["title"].as_str().unwrap_or_default().is_empty(),
+            "{file}: no title"
+        );
 
         let vars: BTreeMap<&str, &Value> = d["templating"]["list"]
             .as_array()
@@ -279,14 +387,26 @@ fn dashboards_have_unique_uids_titles_and_use_the_datasource_variable() {
             needed.push("container");
         }
         for name in needed {
-            let v = vars.get(name).unwrap_or_else(|| panic!("{file}: no {name} variable"));
+            let v = vars
+                .get(name)
+                .unwrap_or_else(|| panic!("{file}: no {name} variable"));
             assert_eq!(v["type"], "query", "{file}: {name}");
-            assert!(v["query"]["query"].as_str().unwrap().starts_with("label_values("), "{file}: {name}");
+            assert!(
+                v["query"]["query"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("label_values("),
+                "{file}: {name}"
+            );
         }
 
         let mut refs = Vec::new();
         datasource_refs(d, "", &mut refs);
-        assert!(refs.len() > 20, "{file}: only {} datasource references", refs.len());
+        assert!(
+            refs.len() > 20,
+            "{file}: only {} datasource references",
+            refs.len()
+        );
         for (path, r) in refs {
             assert_eq!(r["uid"], "${datasource}", "{file}: {path} uses {r}");
         }
@@ -295,9 +415,16 @@ fn dashboards_have_unique_uids_titles_and_use_the_datasource_variable() {
         for p in d["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap_or_default();
             assert!(!title.is_empty(), "{file}: panel {} without title", p["id"]);
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: panel id {} twice", p["id"]);
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: panel id {} twice",
+                p["id"]
+            );
             if p["type"] != "row" {
-                assert!(!p["targets"].as_array().unwrap().is_empty(), "{file}: {title} has no query");
+                assert!(
+                    !p["targets"].as_array().unwrap().is_empty(),
+                    "{file}: {title} has no query"
+                );
             }
         }
     }
@@ -307,7 +434,10 @@ fn dashboards_have_unique_uids_titles_and_use_the_datasource_variable() {
         .map(|q| (q.dashboard, q.panel))
         .collect();
     for (uid, title, _) in EMPTY_UNTIL_EVENT {
-        assert!(names.contains(&(uid.to_string(), title.to_string())), "{uid}: no panel {title}");
+        assert!(
+            names.contains(&(uid.to_string(), title.to_string())),
+            "{uid}: no panel {title}"
+        );
     }
 }
 
@@ -320,7 +450,10 @@ fn stack_docs_list_every_alert_and_empty_panel() {
         }
     }
     for (_, title, _) in EMPTY_UNTIL_EVENT {
-        assert!(doc.contains(title), "docs/stack.md does not list the empty panel {title}");
+        assert!(
+            doc.contains(title),
+            "docs/stack.md does not list the empty panel {title}"
+        );
     }
 }
 
@@ -339,7 +472,14 @@ fn live_oom_kill_alerts_and_resolves() {
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
     let hook = stack.webhook.as_ref().unwrap();
-    let firing = hook.wait_for(Duration::from_secs(90), "/alert", "DockwatchContainerOOMKilled", &c.name, "firing")
+    let firing = hook
+        .wait_for(
+            Duration::from_secs(90),
+            "/alert",
+            "DockwatchContainerOOMKilled",
+            &c.name,
+            "firing",
+        )
         .unwrap_or_else(|| {
             let state = common::docker(&["inspect", "--format", "{{json .State}}", &c.name]);
             let scrape = stack.dockwatch.get("/metrics");
@@ -357,8 +497,14 @@ fn live_oom_kill_alerts_and_resolves() {
     assert!(description.contains(&c.name), "{description}");
 
     c.remove();
-    hook.wait_for(Duration::from_secs(90), "/alert", "DockwatchContainerOOMKilled", &c.name, "resolved")
-        .unwrap_or_else(|| panic!("no resolved notification\n{}", stack.diagnostics()));
+    hook.wait_for(
+        Duration::from_secs(90),
+        "/alert",
+        "DockwatchContainerOOMKilled",
+        &c.name,
+        "resolved",
+    )
+    .unwrap_or_else(|| panic!("no resolved notification\n{}", stack.diagnostics()));
     hook.assert_only_job(LIVE_JOB);
 }
 
@@ -371,7 +517,14 @@ fn live_critical_violation_pages_and_resolves() {
     let stack = Stack::start(&["--policy.file", policy.to_str().unwrap()], true);
     let c = Container::run("stack-priv", &["--privileged"], &image(), &["sleep", "600"]);
     let hook = stack.webhook.as_ref().unwrap();
-    let firing = hook.wait_for(Duration::from_secs(90), "/page", "DockwatchPolicyViolationCritical", &c.name, "firing")
+    let firing = hook
+        .wait_for(
+            Duration::from_secs(90),
+            "/page",
+            "DockwatchPolicyViolationCritical",
+            &c.name,
+            "firing",
+        )
         .unwrap_or_else(|| panic!("no page\n{}", stack.diagnostics()));
     let labels = &firing["labels"];
     assert_eq!(labels["severity"], "page");
@@ -382,18 +535,33 @@ fn live_critical_violation_pages_and_resolves() {
     assert_eq!(labels["container"], c.name.as_str());
     assert_eq!(labels["job"], LIVE_JOB);
     let description = firing["annotations"]["description"].as_str().unwrap();
-    assert!(description.contains(&c.name) && description.contains("no-privileged"), "{description}");
+    assert!(
+        description.contains(&c.name) && description.contains("no-privileged"),
+        "{description}"
+    );
     // A page goes to the page receiver only.
     for path in ["/alert", "/ticket", "/info"] {
         assert!(
-            !hook.received(path).iter().any(|n| alert_in(n, "DockwatchPolicyViolationCritical", &c.name, "firing").is_some()),
+            !hook.received(path).iter().any(|n| alert_in(
+                n,
+                "DockwatchPolicyViolationCritical",
+                &c.name,
+                "firing"
+            )
+            .is_some()),
             "the page also reached {path}"
         );
     }
 
     c.remove();
-    hook.wait_for(Duration::from_secs(90), "/page", "DockwatchPolicyViolationCritical", &c.name, "resolved")
-        .unwrap_or_else(|| panic!("no resolved notification\n{}", stack.diagnostics()));
+    hook.wait_for(
+        Duration::from_secs(90),
+        "/page",
+        "DockwatchPolicyViolationCritical",
+        &c.name,
+        "resolved",
+    )
+    .unwrap_or_else(|| panic!("no resolved notification\n{}", stack.diagnostics()));
     hook.assert_only_job(LIVE_JOB);
 }
 
@@ -422,9 +590,15 @@ fn area_of(expr: &str) -> Area {
     if any(&|m| m.contains("anomal") || m.starts_with("dockwatch_recommendation")) {
         Area::Anomaly
     } else if any(&|m| {
-        ["dockwatch_policy_", "dockwatch_enforcement_", "dockwatch_events_", "dockwatch_vulnerability_", "dockwatch_config_"]
-            .iter()
-            .any(|p| m.starts_with(p))
+        [
+            "dockwatch_policy_",
+            "dockwatch_enforcement_",
+            "dockwatch_events_",
+            "dockwatch_vulnerability_",
+            "dockwatch_config_",
+        ]
+        .iter()
+        .any(|p| m.starts_with(p))
     }) {
         Area::Policy
     } else if any(&|m| m.starts_with("dockwatch_host_") && !CORE_HOST_METRICS.contains(&m)) {
@@ -465,7 +639,16 @@ fn live_queries_return_data(area: Area) {
     let policy = root().join("tests/fixtures/stack-policy.yml");
     let events = tempdir("stack-events").join("events.jsonl");
     let mut args: Vec<String> = Vec::new();
-    let mut opts = vec!["--cpus", "0.5", "-m", "64m", "--pids-limit", "64", "--tmpfs", "/scratch:size=24m"];
+    let mut opts = vec![
+        "--cpus",
+        "0.5",
+        "-m",
+        "64m",
+        "--pids-limit",
+        "64",
+        "--tmpfs",
+        "/scratch:size=24m",
+    ];
     if area == Area::Policy {
         args.extend(["--policy.file".into(), policy.display().to_string()]);
         args.extend(["--events.file".into(), events.display().to_string()]);
@@ -494,8 +677,15 @@ fn live_queries_return_data(area: Area) {
     let dashboards = dashboards();
     let mut queries: Vec<Query> = panel_queries(&dashboards)
         .into_iter()
-        .filter(|q| !EMPTY_UNTIL_EVENT.iter().any(|(d, p, _)| *d == q.dashboard && *p == q.panel))
-        .map(|q| Query { expr: vars.substitute(&q.expr), ..q })
+        .filter(|q| {
+            !EMPTY_UNTIL_EVENT
+                .iter()
+                .any(|(d, p, _)| *d == q.dashboard && *p == q.panel)
+        })
+        .map(|q| Query {
+            expr: vars.substitute(&q.expr),
+            ..q
+        })
         .collect();
     for rule in all_rules(&stack.rules_dir) {
         if let Some(record) = rule["record"].as_str() {
@@ -511,7 +701,8 @@ fn live_queries_return_data(area: Area) {
 
     // Poll until every query has data; rates need a few scrapes, windows a few samples.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut pending: Vec<(Query, String)> = queries.into_iter().map(|q| (q, String::new())).collect();
+    let mut pending: Vec<(Query, String)> =
+        queries.into_iter().map(|q| (q, String::new())).collect();
     let total = pending.len();
     while !pending.is_empty() && Instant::now() < deadline {
         pending.retain_mut(|(q, why)| match stack.query(&q.expr) {
@@ -520,8 +711,17 @@ fn live_queries_return_data(area: Area) {
                 true
             }
             Ok(result) => {
-                let decoys: Vec<&Value> = result.iter().filter(|s| s["metric"]["job"] == "decoy").collect();
-                assert!(decoys.is_empty(), "{} / {}: ignores the job selector: {decoys:?}\n{}", q.dashboard, q.panel, q.expr);
+                let decoys: Vec<&Value> = result
+                    .iter()
+                    .filter(|s| s["metric"]["job"] == "decoy")
+                    .collect();
+                assert!(
+                    decoys.is_empty(),
+                    "{} / {}: ignores the job selector: {decoys:?}\n{}",
+                    q.dashboard,
+                    q.panel,
+                    q.expr
+                );
                 false
             }
             Err(e) => {
@@ -619,7 +819,9 @@ impl Stack {
             let hook = Webhook::start();
             let port = free_port();
             let am = start_alertmanager(&dir, port, hook.port);
-            let alerting = format!("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{port}']\n");
+            let alerting = format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{port}']\n"
+            );
             (Some((am, port)), Some(hook), alerting)
         } else {
             (None, None, String::new())
@@ -637,8 +839,14 @@ impl Stack {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let prometheus = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
             .arg("--rules.alert.resend-delay=1s")
             .arg("--log.level=warn")
@@ -646,12 +854,30 @@ impl Stack {
             .stderr(log)
             .spawn()
             .expect("starting prometheus");
-        let stack = Stack { dockwatch, prometheus, prometheus_port, alertmanager, webhook, dir, rules_dir };
-        wait_ready(&format!("http://127.0.0.1:{prometheus_port}/-/ready"), || stack.diagnostics());
+        let stack = Stack {
+            dockwatch,
+            prometheus,
+            prometheus_port,
+            alertmanager,
+            webhook,
+            dir,
+            rules_dir,
+        };
+        wait_ready(
+            &format!("http://127.0.0.1:{prometheus_port}/-/ready"),
+            || stack.diagnostics(),
+        );
         // The rules loaded and the shipped alerts are all there.
         let rules = http_json(&format!("http://127.0.0.1:{prometheus_port}/api/v1/rules")).unwrap();
-        let loaded = rules["data"]["groups"].as_array().map(Vec::len).unwrap_or(0);
-        assert!(loaded >= 7, "prometheus loaded {loaded} rule groups\n{}", stack.diagnostics());
+        let loaded = rules["data"]["groups"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        assert!(
+            loaded >= 7,
+            "prometheus loaded {loaded} rule groups\n{}",
+            stack.diagnostics()
+        );
         stack
     }
 
@@ -671,16 +897,28 @@ impl Stack {
     /// Logs and state for a failure message.
     fn diagnostics(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        let alerts = http_json(&format!("http://127.0.0.1:{}/api/v1/alerts", self.prometheus_port))
-            .map(|v| v["data"]["alerts"].to_string())
+        let alerts = http_json(&format!(
+            "http://127.0.0.1:{}/api/v1/alerts",
+            self.prometheus_port
+        ))
+        .map(|v| v["data"]["alerts"].to_string())
+        .unwrap_or_default();
+        let targets = http_json(&format!(
+            "http://127.0.0.1:{}/api/v1/targets",
+            self.prometheus_port
+        ))
+        .map(|v| v["data"]["activeTargets"].to_string())
+        .unwrap_or_default();
+        let hook = self
+            .webhook
+            .as_ref()
+            .map(|h| format!("{:?}", h.all()))
             .unwrap_or_default();
-        let targets = http_json(&format!("http://127.0.0.1:{}/api/v1/targets", self.prometheus_port))
-            .map(|v| v["data"]["activeTargets"].to_string())
-            .unwrap_or_default();
-        let hook = self.webhook.as_ref().map(|h| format!("{:?}", h.all())).unwrap_or_default();
         let dw = self.dockwatch.log_text();
         let mut dw_lines: Vec<&str> = dw.lines().filter(|l| !l.contains("bollard")).collect();
-        let dw_tail = dw_lines.split_off(dw_lines.len().saturating_sub(20)).join("\n");
+        let dw_tail = dw_lines
+            .split_off(dw_lines.len().saturating_sub(20))
+            .join("\n");
         format!(
             "prometheus alerts: {alerts}\nprometheus targets: {targets}\nwebhook: {hook}\n\
              prometheus log:\n{}\nalertmanager log:\n{}\ndockwatch log (tail):\n{dw_tail}",
@@ -706,16 +944,25 @@ impl Drop for Stack {
 /// webhook and its group timers shortened.
 fn start_alertmanager(dir: &Path, port: u16, hook_port: u16) -> Child {
     let shipped = std::fs::read_to_string(root().join("alertmanager/alertmanager.yml")).unwrap();
-    assert!(shipped.contains("http://127.0.0.1:5001/"), "placeholder receiver URL changed");
+    assert!(
+        shipped.contains("http://127.0.0.1:5001/"),
+        "placeholder receiver URL changed"
+    );
     let config = rewrite_keys(
-        &shipped.replace("http://127.0.0.1:5001/", &format!("http://127.0.0.1:{hook_port}/")),
+        &shipped.replace(
+            "http://127.0.0.1:5001/",
+            &format!("http://127.0.0.1:{hook_port}/"),
+        ),
         &["group_wait", "group_interval"],
         "1s",
     );
     std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
     let child = Command::new("prometheus-alertmanager")
-        .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("alertmanager.yml").display()
+        ))
         .arg(format!("--storage.path={}", dir.join("am").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--cluster.listen-address=")
@@ -765,7 +1012,9 @@ impl Webhook {
                 if let Some((path, body)) = read_request(&mut stream) {
                     sink.lock().unwrap().push((path, body));
                 }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
             }
         });
         Webhook { port, received }
@@ -776,11 +1025,22 @@ impl Webhook {
     }
 
     fn received(&self, path: &str) -> Vec<Value> {
-        self.all().into_iter().filter(|(p, _)| p == path).map(|(_, b)| b).collect()
+        self.all()
+            .into_iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b)
+            .collect()
     }
 
     /// Waits for a notification at `path` holding alert `name` for `container` in `status`.
-    fn wait_for(&self, timeout: Duration, path: &str, name: &str, container: &str, status: &str) -> Option<Value> {
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        path: &str,
+        name: &str,
+        container: &str,
+        status: &str,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             for body in self.received(path) {
@@ -806,9 +1066,15 @@ impl Webhook {
 
 /// The alert of a webhook notification matching `name`, `container` and `status`.
 fn alert_in(body: &Value, name: &str, container: &str, status: &str) -> Option<Value> {
-    body["alerts"].as_array()?.iter().find(|a| {
-        a["labels"]["alertname"] == name && a["labels"]["container"] == container && a["status"] == status
-    }).cloned()
+    body["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == name
+                && a["labels"]["container"] == container
+                && a["status"] == status
+        })
+        .cloned()
 }
 
 fn read_request(stream: &mut std::net::TcpStream) -> Option<(String, Value)> {
@@ -825,10 +1091,10 @@ fn read_request(stream: &mut std::net::TcpStream) -> Option<(String, Value)> {
         if header.is_empty() {
             break;
         }
-        if let Some((k, v)) = header.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok()?;
-            }
+        if let Some((k, v)) = header.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
         }
     }
     let mut body = vec![0; length];
@@ -849,7 +1115,10 @@ fn wait_ready(url: &str, log: impl Fn() -> String) {
 
 fn http_json(url: &str) -> Result<Value, String> {
     let mut resp = ureq::get(url).call().map_err(|e| e.to_string())?;
-    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
@@ -863,7 +1132,9 @@ fn rule_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Every `prometheus-rules/tests/*_test.yml`, sorted.
 fn rule_test_files() -> Vec<PathBuf> {
-    yml_files(&root().join("prometheus-rules/tests"), |name| name.ends_with("_test.yml"))
+    yml_files(&root().join("prometheus-rules/tests"), |name| {
+        name.ends_with("_test.yml")
+    })
 }
 
 fn yml_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
@@ -877,7 +1148,8 @@ fn yml_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 }
 
 fn load_yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -894,7 +1166,11 @@ fn all_rules(dir: &Path) -> Vec<Value> {
 }
 
 fn rule_name(rule: &Value) -> String {
-    rule["alert"].as_str().or(rule["record"].as_str()).unwrap_or("?").to_string()
+    rule["alert"]
+        .as_str()
+        .or(rule["record"].as_str())
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// Every shipped dashboard by file name.
@@ -927,13 +1203,21 @@ fn panel_queries(dashboards: &[(String, Value)]) -> Vec<Query> {
         for p in panels {
             for t in p["targets"].as_array().into_iter().flatten() {
                 if let Some(expr) = t["expr"].as_str() {
-                    out.push(Query { dashboard: uid.clone(), panel: p["title"].as_str().unwrap().into(), expr: expr.into() });
+                    out.push(Query {
+                        dashboard: uid.clone(),
+                        panel: p["title"].as_str().unwrap().into(),
+                        expr: expr.into(),
+                    });
                 }
             }
         }
         for a in d["annotations"]["list"].as_array().into_iter().flatten() {
             if let Some(expr) = a["expr"].as_str() {
-                out.push(Query { dashboard: uid.clone(), panel: a["name"].as_str().unwrap().into(), expr: expr.into() });
+                out.push(Query {
+                    dashboard: uid.clone(),
+                    panel: a["name"].as_str().unwrap().into(),
+                    expr: expr.into(),
+                });
             }
         }
     }
@@ -966,10 +1250,32 @@ fn datasource_refs<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a Valu
 /// A small scanner, enough for the shipped rules and panels: identifiers outside strings,
 /// label lists (`by (...)`, `on (...)`) and function calls are skipped.
 fn selectors(expr: &str) -> Vec<(String, String)> {
-    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "offset", "bool", "sum", "avg", "min", "max", "count", "group",
-        "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "bool",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
     ];
     let bytes = expr.as_bytes();
     let closing = |from: usize, c: char| expr[from..].find(c).map_or(expr.len(), |e| from + e);
@@ -994,7 +1300,9 @@ fn selectors(expr: &str) -> Vec<(String, String)> {
             i = end + 1;
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
+            {
                 i += 1;
             }
             let word = &expr[start..i];
@@ -1027,8 +1335,14 @@ fn selectors(expr: &str) -> Vec<(String, String)> {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -1041,14 +1355,26 @@ fn selector_scanner_finds_metrics_and_their_matchers() {
     assert_eq!(
         found,
         vec![
-            ("dockwatch_container_cpu_usage_seconds_total".to_string(), r#"job="dockwatch",name=~"a|b""#.to_string()),
-            ("dockwatch_container_info".to_string(), r#"job="dockwatch""#.to_string()),
+            (
+                "dockwatch_container_cpu_usage_seconds_total".to_string(),
+                r#"job="dockwatch",name=~"a|b""#.to_string()
+            ),
+            (
+                "dockwatch_container_info".to_string(),
+                r#"job="dockwatch""#.to_string()
+            ),
             ("up".to_string(), String::new()),
         ]
     );
     assert_eq!(area_of("dockwatch_host_load1"), Area::Host);
     assert_eq!(area_of("dockwatch_host_cpus"), Area::Core);
-    assert_eq!(area_of("count(dockwatch_policy_violation_active) or vector(0)"), Area::Policy);
+    assert_eq!(
+        area_of("count(dockwatch_policy_violation_active) or vector(0)"),
+        Area::Policy
+    );
     assert_eq!(area_of("dockwatch_host_anomaly_zscore"), Area::Anomaly);
-    assert_eq!(area_of("rate(dockwatch_container_memory_oom_kills_total[5m])"), Area::Cgroup);
+    assert_eq!(
+        area_of("rate(dockwatch_container_memory_oom_kills_total[5m])"),
+        Area::Cgroup
+    );
 }
