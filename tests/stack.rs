@@ -469,7 +469,13 @@ fn live_oom_kill_alerts_and_resolves() {
         "stack-oom",
         &["-m", "8m", "--memory-swap", "8m"],
         &image(),
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        &[
+            "sh",
+            "-c",
+            // The pause lets the engine watch the cgroup before the kill: a container that dies
+            // within its first milliseconds can exit 137 with OOMKilled still false.
+            "sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+        ],
     );
     let hook = stack.webhook.as_ref().unwrap();
     let firing = hook
