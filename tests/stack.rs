@@ -12,8 +12,9 @@
 //! returns `decoy` series and fails.
 //!
 //! Live checks are split by the part of dockwatch whose metrics they need, so a failure names
-//! the part: `core` (exporter and container metrics, cgroup reads), `host` (the full host
-//! collector), `policy` (policy engine and events) and `anomaly` (z-scores, recommendations).
+//! the part: `core` (exporter and container metrics), `cgroup` (figures only the cgroup reader
+//! has), `host` (the full host collector), `policy` (policy engine), `events` (event sinks) and
+//! `anomaly` (z-scores, recommendations).
 //! See [`area_of`].
 
 mod common;
@@ -583,8 +584,10 @@ enum Area {
     Cgroup,
     /// The full host collector.
     Host,
-    /// Policy engine, enforcement and events.
+    /// Policy engine and enforcement.
     Policy,
+    /// Event sinks.
+    Events,
     /// Anomaly z-scores and recommendations.
     Anomaly,
 }
@@ -595,11 +598,12 @@ fn area_of(expr: &str) -> Area {
     let any = |f: &dyn Fn(&str) -> bool| metrics.iter().any(|m| f(m));
     if any(&|m| m.contains("anomal") || m.starts_with("dockwatch_recommendation")) {
         Area::Anomaly
+    } else if any(&|m| m.starts_with("dockwatch_events_")) {
+        Area::Events
     } else if any(&|m| {
         [
             "dockwatch_policy_",
             "dockwatch_enforcement_",
-            "dockwatch_events_",
             "dockwatch_vulnerability_",
             "dockwatch_config_",
         ]
@@ -636,6 +640,12 @@ fn live_policy_panels_return_data() {
     live_queries_return_data(Area::Policy);
 }
 
+/// Event sinks count what a violation emits, so this runs the policy of the policy test too.
+#[test]
+fn live_events_panels_return_data() {
+    live_queries_return_data(Area::Events);
+}
+
 #[test]
 fn live_anomaly_panels_and_recording_rules_return_data() {
     live_queries_return_data(Area::Anomaly);
@@ -655,10 +665,12 @@ fn live_queries_return_data(area: Area) {
         "--tmpfs",
         "/scratch:size=24m",
     ];
-    if area == Area::Policy {
+    if matches!(area, Area::Policy | Area::Events) {
         args.extend(["--policy.file".into(), policy.display().to_string()]);
-        args.extend(["--events.file".into(), events.display().to_string()]);
         opts.push("--privileged");
+    }
+    if area == Area::Events {
+        args.extend(["--events.file".into(), events.display().to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stack = Stack::start(&args, false);
@@ -1378,6 +1390,7 @@ fn selector_scanner_finds_metrics_and_their_matchers() {
         area_of("count(dockwatch_policy_violation_active) or vector(0)"),
         Area::Policy
     );
+    assert_eq!(area_of("rate(dockwatch_events_total[1m])"), Area::Events);
     assert_eq!(area_of("dockwatch_host_anomaly_zscore"), Area::Anomaly);
     assert_eq!(
         area_of("rate(dockwatch_container_memory_oom_kills_total[5m])"),
