@@ -811,7 +811,7 @@ struct Stack {
 impl Stack {
     fn start(dockwatch_args: &[&str], with_alertmanager: bool) -> Stack {
         require("prometheus", "prometheus");
-        require("prometheus-alertmanager", "prometheus-alertmanager");
+        alertmanager_binary();
         common::require_docker();
         let dir = tempdir("stack");
         let mut args = vec!["--collect.interval", "1s"];
@@ -976,7 +976,7 @@ fn start_alertmanager(dir: &Path, port: u16, hook_port: u16) -> Child {
     );
     std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
-    let child = Command::new("prometheus-alertmanager")
+    let child = Command::new(alertmanager_binary())
         .arg(format!(
             "--config.file={}",
             dir.join("alertmanager.yml").display()
@@ -993,6 +993,15 @@ fn start_alertmanager(dir: &Path, port: u16, hook_port: u16) -> Child {
         std::fs::read_to_string(dir.join("alertmanager.log")).unwrap_or_default()
     });
     child
+}
+
+/// The Alertmanager binary: Debian names it `prometheus-alertmanager`, upstream `alertmanager`.
+fn alertmanager_binary() -> &'static str {
+    if common::have("prometheus-alertmanager") {
+        return "prometheus-alertmanager";
+    }
+    require("alertmanager", "prometheus-alertmanager");
+    "alertmanager"
 }
 
 /// Replaces the value of every `key: value` line whose key is in `keys`.
