@@ -515,14 +515,20 @@ fn live_oom_kill_alerts_and_resolves() {
     hook.assert_only_job(LIVE_JOB);
 }
 
-/// A privileged container violates the CRITICAL rule of tests/fixtures/stack-policy.yml: the
+/// A container with CAP_SYS_ADMIN (the part of `--privileged` this engine allows) violates the
+/// CRITICAL rule of tests/fixtures/stack-policy.yml: the
 /// page receiver gets the alert with container and policy labels, then the resolution.
 /// Needs the policy engine (`--policy.file`, dockwatch_policy_violation_active).
 #[test]
 fn live_critical_violation_pages_and_resolves() {
     let policy = root().join("tests/fixtures/stack-policy.yml");
     let stack = Stack::start(&["--policy.file", policy.to_str().unwrap()], true);
-    let c = Container::run("stack-priv", &["--privileged"], &image(), &["sleep", "600"]);
+    let c = Container::run(
+        "stack-priv",
+        &["--cap-add", "SYS_ADMIN"],
+        &image(),
+        &["sleep", "600"],
+    );
     let hook = stack.webhook.as_ref().unwrap();
     let firing = hook
         .wait_for(
@@ -667,7 +673,7 @@ fn live_queries_return_data(area: Area) {
     ];
     if matches!(area, Area::Policy | Area::Events) {
         args.extend(["--policy.file".into(), policy.display().to_string()]);
-        opts.push("--privileged");
+        opts.extend(["--cap-add", "SYS_ADMIN"]);
     }
     if area == Area::Events {
         args.extend(["--events.file".into(), events.display().to_string()]);
