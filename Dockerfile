@@ -6,9 +6,9 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
 
-# Fetch and build the dependencies in their own layer, reused until Cargo.toml or Cargo.lock
-# change.
-COPY Cargo.toml Cargo.lock ./
+# Fetch and build the dependencies in their own layer, reused until Cargo.toml, Cargo.lock or
+# the build script change. The build script only records the revision (see below).
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
