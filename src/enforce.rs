@@ -136,7 +136,15 @@ impl Enforcer {
         hub: EventHub,
         args: &EnforceArgs,
     ) -> Result<Self, EnforceError> {
-        Self::new(docker, hub, args.enabled, args.action).with_exclude(&args.exclude)
+        let enforcer =
+            Self::new(docker, hub, args.enabled, args.action).with_exclude(&args.exclude)?;
+        let action = action_name(args.action);
+        if args.enabled {
+            tracing::info!(action, exclude = ?args.exclude, own_ids = ?enforcer.own_ids, "quarantine enabled");
+        } else {
+            tracing::debug!(action, own_ids = ?enforcer.own_ids, "quarantine disabled; actions are reported as dry runs");
+        }
+        Ok(enforcer)
     }
 
     /// Never acts on containers whose name matches one of `globs`.

@@ -44,6 +44,7 @@ impl FileSink {
         counters: Arc<Counters>,
     ) -> Result<Self, EventsError> {
         let writer = Writer::open(path, max_size)?;
+        tracing::info!(path = %writer.path.display(), max_size, "writing violation events to a file");
         let (tx, rx) = sync_channel(QUEUE);
         let thread_counters = counters.clone();
         std::thread::Builder::new()

@@ -96,6 +96,7 @@ impl Webhook {
             counters: counters.clone(),
             closing: closing.clone(),
         };
+        tracing::info!(endpoint = %sender.endpoint, batch_size = sender.batch_size, queue_size = args.webhook_queue_size, "sending violation events to a webhook");
         let task = runtime.spawn(sender.run());
         Ok(Self {
             queue,
