@@ -301,16 +301,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Ids of the container this process runs in, from the cgroup paths (`/docker/<id>`,
-/// `docker-<id>.scope`), the mount table (`/var/lib/docker/containers/<id>/…`), and the
-/// hostname when it looks like Docker's default 12-hex-digit one. Empty outside a container.
+/// `docker-<id>.scope`), the files Docker bind-mounts into every container
+/// (`/var/lib/docker/containers/<id>/hostname` on `/etc/hostname`), and the hostname when it
+/// looks like Docker's default 12-hex-digit one. Empty outside a container.
 pub fn own_container_ids(proc_self: &Path, hostname: &Path) -> Vec<String> {
     let mut ids = Vec::new();
-    for file in ["cgroup", "mountinfo"] {
-        if let Ok(text) = std::fs::read_to_string(proc_self.join(file)) {
-            for id in hex_ids(&text) {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
+    let mut add = |id: &str| {
+        if !ids.iter().any(|known: &String| known == id) {
+            ids.push(id.to_string());
+        }
+    };
+    if let Ok(text) = std::fs::read_to_string(proc_self.join("cgroup")) {
+        for line in text.lines().filter(|l| l.contains("docker")) {
+            hex_ids(line).for_each(&mut add);
+        }
+    }
+    // Only the container's own bind mounts: on the host, the mount table lists every running
+    // container's shm and overlay mounts, which must not count.
+    if let Ok(text) = std::fs::read_to_string(proc_self.join("mountinfo")) {
+        for line in text.lines() {
+            let mut fields = line.split_whitespace().skip(3);
+            let (Some(root), Some(mount_point)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            if matches!(
+                mount_point,
+                "/etc/hostname" | "/etc/hosts" | "/etc/resolv.conf"
+            ) && root.contains("/containers/")
+            {
+                hex_ids(root).for_each(&mut add);
             }
         }
     }
@@ -321,23 +340,16 @@ pub fn own_container_ids(proc_self: &Path, hostname: &Path) -> Vec<String> {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
-            ids.push(name.to_string());
+            add(name);
         }
     }
     ids
 }
 
-/// 64-hex-digit words that sit in a `docker` path.
-fn hex_ids(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.contains("docker")) {
-        for word in line.split(|c: char| !c.is_ascii_hexdigit()) {
-            if word.len() == 64 && !out.iter().any(|o: &String| o == word) {
-                out.push(word.to_string());
-            }
-        }
-    }
-    out
+/// The 64-hex-digit words of `text`.
+fn hex_ids(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64)
 }
 
 #[cfg(test)]
@@ -628,7 +640,17 @@ mod tests {
             vec![id, "3f4e8b2a9c1d".to_string()]
         );
 
-        std::fs::remove_file(dir.join("mountinfo")).unwrap();
+        // On the host, other containers' mounts are in the table but not on /etc/hostname.
+        let other = "9a8b7c6d5e4f".repeat(6)[..64].to_string();
+        std::fs::write(
+            dir.join("mountinfo"),
+            format!(
+                "25 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+                 700 25 0:55 / /var/lib/docker/containers/{other}/mounts/shm rw - tmpfs shm rw\n\
+                 701 25 0:56 / /var/lib/docker/overlay2/{other}/merged rw - overlay overlay rw\n"
+            ),
+        )
+        .unwrap();
         std::fs::write(dir.join("hostname"), "buildhost\n").unwrap();
         assert!(own_container_ids(&dir, &dir.join("hostname")).is_empty());
         let _ = std::fs::remove_dir_all(&dir);

@@ -502,7 +502,14 @@ pub struct EventHub {
 impl Default for EventHub {
     /// A hub with the default ring buffer and only the log sink.
     fn default() -> Self {
-        Self::with_sinks(EventsArgs::default().buffer_size, None, None)
+        Self {
+            inner: Arc::new(Inner {
+                recent: Mutex::new(Recent::new(EventsArgs::default().buffer_size)),
+                counters: Arc::new(Counters::default()),
+                file: None,
+                webhook: None,
+            }),
+        }
     }
 }
 
@@ -532,21 +539,6 @@ impl EventHub {
             }),
         };
         Ok(hub)
-    }
-
-    fn with_sinks(
-        buffer_size: usize,
-        file: Option<file::FileSink>,
-        webhook: Option<webhook::Webhook>,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                recent: Mutex::new(Recent::new(buffer_size)),
-                counters: Arc::new(Counters::default()),
-                file,
-                webhook,
-            }),
-        }
     }
 
     fn recent(&self) -> MutexGuard<'_, Recent> {
