@@ -22,16 +22,21 @@ use crate::model::ContainerMeta;
 pub struct EnforceArgs {
     /// Act on CRITICAL violations of `enforce` policies. Without it, actions are only logged
     /// and published as dry-run events.
-    #[arg(long = "enforce")]
+    #[arg(id = "enforce", long = "enforce")]
     pub enabled: bool,
 
     /// What quarantine does: stop, pause or disconnect (from every network).
-    #[arg(long = "enforce.action", value_name = "ACTION", default_value = "stop", value_parser = parse_action)]
+    #[arg(id = "enforce.action", long = "enforce.action", value_name = "ACTION", default_value = "stop", value_parser = parse_action)]
     pub action: ContainerAction,
 
     /// Container names never acted on, as globs (comma-separated or repeated), e.g.
     /// `traefik,db-*`. dockwatch's own container is always excluded.
-    #[arg(long = "enforce.exclude", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        id = "enforce.exclude",
+        long = "enforce.exclude",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub exclude: Vec<String>,
 }
 

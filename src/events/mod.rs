@@ -210,44 +210,56 @@ pub struct EpisodeKey {
 #[command(next_help_heading = "Violation events")]
 pub struct EventsArgs {
     /// Recent events kept in memory for GET /violations.
-    #[arg(long = "events.buffer-size", value_name = "N", default_value = "1000", value_parser = parse_positive)]
+    #[arg(id = "events.buffer-size", long = "events.buffer-size", value_name = "N", default_value = "1000", value_parser = parse_positive)]
     pub buffer_size: usize,
 
     /// Append every event as one JSON line to this file.
-    #[arg(long = "events.file", value_name = "PATH")]
+    #[arg(id = "events.file", long = "events.file", value_name = "PATH")]
     pub file: Option<PathBuf>,
 
     /// Rotate the events file before it grows past this size (e.g. 100MiB, 512KiB, 1GB),
     /// keeping one old file PATH.1; 0 never rotates (leave it to logrotate).
-    #[arg(long = "events.file-max-size", value_name = "BYTES", default_value = "100MiB", value_parser = parse_size)]
+    #[arg(id = "events.file-max-size", long = "events.file-max-size", value_name = "BYTES", default_value = "100MiB", value_parser = parse_size)]
     pub file_max_size: u64,
 
     /// POST events to this http(s) URL as JSON arrays.
-    #[arg(long = "events.webhook-url", value_name = "URL")]
+    #[arg(
+        id = "events.webhook-url",
+        long = "events.webhook-url",
+        value_name = "URL"
+    )]
     pub webhook_url: Option<String>,
 
     /// Events waiting for the webhook; when full, new events are dropped and counted.
-    #[arg(long = "events.webhook-queue-size", value_name = "N", default_value = "10000", value_parser = parse_positive)]
+    #[arg(id = "events.webhook-queue-size", long = "events.webhook-queue-size", value_name = "N", default_value = "10000", value_parser = parse_positive)]
     pub webhook_queue_size: usize,
 
     /// Most events in one webhook request.
-    #[arg(long = "events.webhook-batch-size", value_name = "N", default_value = "100", value_parser = parse_positive)]
+    #[arg(id = "events.webhook-batch-size", long = "events.webhook-batch-size", value_name = "N", default_value = "100", value_parser = parse_positive)]
     pub webhook_batch_size: usize,
 
     /// Timeout of one webhook request.
-    #[arg(long = "events.webhook-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(id = "events.webhook-timeout", long = "events.webhook-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
 
     /// Longest wait between two delivery attempts of a batch (the wait doubles from 500ms).
-    #[arg(long = "events.webhook-max-backoff", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(id = "events.webhook-max-backoff", long = "events.webhook-max-backoff", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub webhook_max_backoff: Duration,
 
     /// Extra header of every webhook request, as `Name: value` (repeatable).
-    #[arg(long = "events.webhook-header", value_name = "HEADER")]
+    #[arg(
+        id = "events.webhook-header",
+        long = "events.webhook-header",
+        value_name = "HEADER"
+    )]
     pub webhook_headers: Vec<String>,
 
     /// File holding a token sent as `Authorization: Bearer <token>`, read at start.
-    #[arg(long = "events.webhook-bearer-token-file", value_name = "PATH")]
+    #[arg(
+        id = "events.webhook-bearer-token-file",
+        long = "events.webhook-bearer-token-file",
+        value_name = "PATH"
+    )]
     pub webhook_bearer_token_file: Option<PathBuf>,
 }
 
@@ -769,6 +781,44 @@ pub(crate) mod tests {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(hub.clone()));
         crate::metrics::render(&registry).unwrap()
+    }
+
+    #[test]
+    fn flags_reach_the_args() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "dockwatch",
+            "--events.file",
+            "/var/log/dockwatch/events.jsonl",
+            "--events.file-max-size",
+            "10MiB",
+            "--events.webhook-header",
+            "X-Token: a",
+            "--events.webhook-header",
+            "X-Env: prod",
+            "--enforce",
+            "--enforce.action",
+            "pause",
+            "--enforce.exclude",
+            "traefik,db-*",
+        ])
+        .unwrap();
+        let events = &cli.run.events;
+        assert_eq!(
+            events.file.as_deref(),
+            Some(std::path::Path::new("/var/log/dockwatch/events.jsonl"))
+        );
+        assert_eq!(events.file_max_size, 10 << 20);
+        assert_eq!(events.webhook_headers, vec!["X-Token: a", "X-Env: prod"]);
+        assert_eq!(events.buffer_size, 1000);
+        assert!(cli.run.enforce.enabled);
+        assert_eq!(
+            cli.run.enforce.action,
+            crate::docker::ContainerAction::Pause
+        );
+        assert_eq!(cli.run.enforce.exclude, vec!["traefik", "db-*"]);
+        let bad = crate::cli::Cli::try_parse_from(["dockwatch", "--events.buffer-size", "0"]);
+        assert!(bad.unwrap_err().to_string().contains("must be at least 1"));
     }
 
     #[test]
