@@ -312,28 +312,89 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// The real binary with the default policy: a container without a seccomp filter is a CRITICAL
+/// violation, and without `--enforce` its quarantine is only reported, through every sink.
 #[test]
-fn the_binary_serves_violations_and_event_metrics() {
+fn the_binary_reports_a_dry_run_quarantine_through_every_sink() {
+    let c = Container::run(
+        "enf-bin",
+        &["--security-opt", "seccomp=unconfined"],
+        &image(),
+        &["sleep", "600"],
+    );
     let dir = common::tempdir("events");
     let file = dir.join("events.jsonl");
     let dw = common::Dockwatch::start(&[
         "--collector.host=false",
+        "--collect.interval",
+        "2s",
         "--events.file",
         file.to_str().unwrap(),
-        "--events.buffer-size",
-        "50",
         "--enforce.action",
         "pause",
-        "--enforce.exclude",
-        "traefik,db-*",
     ]);
-    assert_eq!(dw.get("/violations"), "{\"events\":[]}");
+    let query = format!("/violations?kind=enforcement&container={}", c.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let enforcement = loop {
+        let body: serde_json::Value = serde_json::from_str(&dw.get(&query)).unwrap();
+        let events = body["events"].as_array().unwrap().clone();
+        if !events.is_empty() || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !enforcement.is_empty(),
+        "no enforcement event; log:\n{}",
+        dw.log_text()
+    );
+    for e in &enforcement {
+        assert_eq!(e["result"], "dry_run", "{e}");
+        assert_eq!(e["action"], "pause", "{e}");
+        assert_eq!(e["severity"], "CRITICAL", "{e}");
+        assert_eq!(e["container_id"], c.id.as_str(), "{e}");
+    }
+    assert_eq!(status(&c), "running");
+
+    let active: serde_json::Value = serde_json::from_str(&dw.get(&format!(
+        "/violations?active=true&min_severity=CRITICAL&container={}",
+        c.short_id()
+    )))
+    .unwrap();
+    let active = active["events"].as_array().unwrap();
+    assert_eq!(
+        active.len(),
+        enforcement.len(),
+        "one open episode per dry run"
+    );
+    assert!(active.iter().all(|e| e["kind"] == "violation_started"));
+
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let in_file: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["container"] == c.name.as_str())
+        .collect();
+    assert!(
+        in_file.iter().any(|e| e["kind"] == "enforcement"),
+        "{lines}"
+    );
+    assert!(
+        in_file.iter().any(|e| e["kind"] == "violation_started"),
+        "{lines}"
+    );
+
     let m = dw.scrape();
-    let file_started = [("sink", "file"), ("kind", "violation_started")];
-    assert_eq!(m.value("dockwatch_events_total", &file_started), 0.0);
+    let dry_run = [("action", "pause"), ("result", "dry_run")];
+    assert!(m.value("dockwatch_enforcement_actions_total", &dry_run) >= enforcement.len() as f64);
+    let file_enforcement = [("sink", "file"), ("kind", "enforcement")];
+    assert!(m.value("dockwatch_events_total", &file_enforcement) >= 1.0);
     let write_error = [("sink", "file"), ("reason", "write_error")];
     assert_eq!(m.value("dockwatch_events_dropped_total", &write_error), 0.0);
-    assert!(file.exists(), "the events file is created at start");
+    assert!(
+        dw.log_text().contains("dockwatch::events"),
+        "event lines are logged under their target"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
