@@ -109,6 +109,9 @@ pub struct Enforcer {
     own_ids: Vec<String>,
     /// Episodes already handled, with the start time that identifies the episode.
     handled: Arc<Mutex<HashMap<EpisodeKey, f64>>>,
+    /// Containers acted on and the episode that caused it: while that episode is open, other
+    /// violations of the same container do not act again.
+    acted: Arc<Mutex<HashMap<String, EpisodeKey>>>,
 }
 
 impl Enforcer {
@@ -132,6 +135,7 @@ impl Enforcer {
                 Path::new("/proc/sys/kernel/hostname"),
             ),
             handled: Arc::new(Mutex::new(HashMap::new())),
+            acted: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -221,6 +225,18 @@ impl Enforcer {
             self.publish(violation, "dry_run", message);
             return;
         }
+        let key = violation.episode_key();
+        {
+            let mut acted = self.acted.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(earlier) = acted.get(&meta.id)
+                && *earlier != key
+                && self.hub.open_episode(earlier).is_some()
+            {
+                tracing::debug!(container = %meta.name, policy = %violation.policy, rule = %violation.rule, earlier_rule = %earlier.rule, "container already quarantined for another open violation");
+                return;
+            }
+            acted.insert(meta.id.clone(), key.clone());
+        }
         match self.docker.act(&meta.id, self.action).await {
             Ok(()) => {
                 tracing::warn!(container = %meta.name, policy = %violation.policy, rule = %violation.rule, action, "container quarantined");
@@ -233,6 +249,11 @@ impl Enforcer {
                 self.publish(violation, "success", message);
             }
             Err(e) => {
+                let mut acted = self.acted.lock().unwrap_or_else(PoisonError::into_inner);
+                if acted.get(&meta.id) == Some(&key) {
+                    acted.remove(&meta.id);
+                }
+                drop(acted);
                 let error = error_chain(&e);
                 tracing::error!(container = %meta.name, policy = %violation.policy, rule = %violation.rule, action, error = %error, "quarantine failed");
                 let message = format!("{action} of container {} failed: {error}", meta.name);
@@ -536,6 +557,38 @@ mod tests {
         // After the episode ends, a new one is acted on again.
         hub.publish(event(EventKind::ViolationEnded, "web", 30.0));
         let again = event(EventKind::ViolationStarted, "web", 40.0);
+        hub.publish(again.clone());
+        enforcer.quarantine(&meta(&again), &again).await;
+        assert_eq!(docker.acts.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_action_per_container_while_its_first_episode_is_open() {
+        let (docker, hub, enforcer) = setup(true, false);
+        let mount = ViolationEvent {
+            subject: "mount".into(),
+            ..event(EventKind::ViolationStarted, "web", 10.0)
+        };
+        let ptrace = ViolationEvent {
+            subject: "ptrace".into(),
+            ..event(EventKind::ViolationStarted, "web", 10.0)
+        };
+        hub.publish(mount.clone());
+        hub.publish(ptrace.clone());
+        enforcer.quarantine(&meta(&mount), &mount).await;
+        enforcer.quarantine(&meta(&ptrace), &ptrace).await;
+        assert_eq!(docker.acts.lock().unwrap().len(), 1);
+        assert_eq!(enforcement_events(&hub).len(), 1);
+
+        // Once the episode that caused the action is over, another one acts again.
+        hub.publish(ViolationEvent {
+            kind: EventKind::ViolationEnded,
+            ..mount.clone()
+        });
+        let again = ViolationEvent {
+            subject: "umount".into(),
+            ..event(EventKind::ViolationStarted, "web", 20.0)
+        };
         hub.publish(again.clone());
         enforcer.quarantine(&meta(&again), &again).await;
         assert_eq!(docker.acts.lock().unwrap().len(), 2);
