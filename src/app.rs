@@ -12,7 +12,7 @@ use crate::anomaly::Anomaly;
 use crate::cli::RunArgs;
 use crate::collector::host::HostCollector;
 use crate::collector::{Collector, CollectorConfig};
-use crate::docker::{BollardDocker, ContainerAction, DockerApi};
+use crate::docker::{BollardDocker, DockerApi};
 use crate::enforce::Enforcer;
 use crate::events::EventHub;
 use crate::http::{AppState, router};
@@ -24,6 +24,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), "starting dockwatch");
     let shutdown = CancellationToken::new();
 
+    let hub = EventHub::new(&args.events).context("starting the event sinks")?;
     let docker: Arc<dyn DockerApi> = Arc::new(
         BollardDocker::new(&args.docker_host, args.docker_timeout)
             .with_context(|| format!("connecting to docker at {}", args.docker_host))?,
@@ -36,6 +37,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Handed to the policy engine, which calls it for CRITICAL violations.
+    let enforcer = Enforcer::from_args(docker.clone(), hub.clone(), &args.enforce)
+        .context("configuring quarantine")?;
     let collector = Collector::new(
         docker.clone(),
         host,
@@ -53,12 +57,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         collector.self_stats(),
         args.container_labels.clone(),
     )));
-    let mut extra = Router::new();
+    registry.register_collector(Box::new(hub.clone()));
+    let mut extra = Router::new().merge(hub.routes());
 
     // Security policies: evaluate every snapshot, publish violation events, reload on
     // SIGHUP, file change and POST /-/reload.
-    let hub = EventHub::default();
-    let enforcer = Enforcer::new(docker.clone(), hub.clone(), false, ContainerAction::Stop);
     let policy = PolicyEngine::new(
         args.policy.clone(),
         args.procfs.clone(),
@@ -107,6 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = collection.await;
     let _ = policy_task.await;
+    hub.close(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -108,6 +108,14 @@ pub struct RunArgs {
     /// Anomaly scoring flags (`--anomaly.*`).
     #[command(flatten)]
     pub anomaly: crate::anomaly::AnomalyArgs,
+
+    /// Violation event sinks (`--events.*`).
+    #[command(flatten)]
+    pub events: crate::events::EventsArgs,
+
+    /// Quarantine (`--enforce*`).
+    #[command(flatten)]
+    pub enforce: crate::enforce::EnforceArgs,
 }
 
 /// Log output format.
