@@ -53,11 +53,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, except violation and enforcement events (target `dockwatch::events`),
+/// which go to stdout so that a log shipper can take them apart from the daemon's own logs.
 fn init_tracing(level: &str, format: LogFormat) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = std::io::stdout
+        .with_filter(|meta: &tracing::Metadata<'_>| meta.target() == "dockwatch::events")
+        .or_else(std::io::stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -391,9 +391,16 @@ fn the_binary_reports_a_dry_run_quarantine_through_every_sink() {
     assert!(m.value("dockwatch_events_total", &file_enforcement) >= 1.0);
     let write_error = [("sink", "file"), ("reason", "write_error")];
     assert_eq!(m.value("dockwatch_events_dropped_total", &write_error), 0.0);
+    // Event lines go to standard output, the daemon's own logs to standard error.
+    let stdout = std::fs::read_to_string(dw.log.with_extension("out")).unwrap_or_default();
     assert!(
-        dw.log_text().contains("dockwatch::events"),
-        "event lines are logged under their target"
+        stdout.contains("dockwatch::events") && stdout.contains("violation_started"),
+        "event lines on stdout: {stdout}"
+    );
+    let stderr = std::fs::read_to_string(&dw.log).unwrap_or_default();
+    assert!(
+        !stderr.contains("violation_started"),
+        "event lines leaked to stderr"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

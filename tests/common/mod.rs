@@ -254,9 +254,11 @@ impl Dockwatch {
         }
     }
 
-    /// What dockwatch logged so far.
+    /// What dockwatch logged so far: its logs (stderr) followed by its event lines (stdout).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default());
+        text
     }
 
     /// Sends a signal to the process.
