@@ -5,6 +5,9 @@
 //! Inspect data is cached per container and invalidated by the Docker event stream, so a
 //! steady host costs one list call plus one usage read per running container per cycle.
 
+#[cfg(test)]
+mod cache_tests;
+pub mod cgroup;
 pub mod container;
 pub mod host;
 
