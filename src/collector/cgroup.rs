@@ -694,44 +694,20 @@ pub fn parse_keyed(path: &Path, text: &str) -> Result<HashMap<String, u64>, Cgro
     Ok(out)
 }
 
-/// Block I/O on v1, in the engine's order of preference: BFQ, then CFQ, then the throttle
-/// counters. A set is used when its first file has per-device lines.
+/// Block I/O on v1 from the throttle counters, which the engine reports too. (The CFQ and
+/// BFQ scheduler counters are left out: the engine never reads BFQ's, and CFQ is gone since
+/// Linux 5.0.) Recent kernels only count I/O to devices that carry a throttle rule.
 fn read_blkio_v1(dir: &Path) -> Result<BlkioUsage, CgroupError> {
-    const SETS: [(&str, &str); 3] = [
-        (
-            "blkio.bfq.io_serviced_recursive",
-            "blkio.bfq.io_service_bytes_recursive",
-        ),
-        (
-            "blkio.io_serviced_recursive",
-            "blkio.io_service_bytes_recursive",
-        ),
-        (
-            "blkio.throttle.io_serviced_recursive",
-            "blkio.throttle.io_service_bytes_recursive",
-        ),
-    ];
-    for (serviced, bytes) in SETS {
-        let (path, text) = match read_file(&dir.join(serviced)) {
-            Ok(f) => f,
-            Err(CgroupError::Read { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let Some((read_ops, write_ops)) = parse_blkio_v1(&path, &text)? else {
-            continue;
-        };
-        let (path, text) = read_file(&dir.join(bytes))?;
-        let (read_bytes, write_bytes) = parse_blkio_v1(&path, &text)?.unwrap_or((0, 0));
-        return Ok(BlkioUsage {
-            read_bytes,
-            write_bytes,
-            read_ops,
-            write_ops,
-        });
-    }
-    Ok(BlkioUsage::default())
+    let (path, text) = read_file(&dir.join("blkio.throttle.io_serviced_recursive"))?;
+    let (read_ops, write_ops) = parse_blkio_v1(&path, &text)?.unwrap_or((0, 0));
+    let (path, text) = read_file(&dir.join("blkio.throttle.io_service_bytes_recursive"))?;
+    let (read_bytes, write_bytes) = parse_blkio_v1(&path, &text)?.unwrap_or((0, 0));
+    Ok(BlkioUsage {
+        read_bytes,
+        write_bytes,
+        read_ops,
+        write_ops,
+    })
 }
 
 /// A v1 blkio counter file (`8:0 Read 4096` lines and a `Total` line): the Read and Write
@@ -938,7 +914,7 @@ mod tests {
                 limit_bytes: Some(268_435_456),
             }
         );
-        // Throttle counters (BFQ files exist but list no device).
+        // Summed over devices; Total lines skipped.
         assert_eq!(
             u.blkio,
             BlkioUsage {
@@ -1003,7 +979,7 @@ mod tests {
         assert_eq!(u.cpu.periods, 10);
         assert_eq!(u.memory.usage_bytes, 10_485_760);
         assert_eq!(u.memory.failcnt, Some(0));
-        // BFQ is preferred when it lists devices.
+        // The throttle counters, not the BFQ scheduler's.
         assert_eq!(
             u.blkio,
             BlkioUsage {
