@@ -68,7 +68,7 @@ pub struct RunArgs {
     pub interval: Duration,
 
     /// Most container reads (stats or cgroup) in flight at once.
-    #[arg(long = "collect.concurrency", value_name = "N", default_value_t = 128)]
+    #[arg(long = "collect.concurrency", value_name = "N", default_value_t = 256)]
     pub concurrency: usize,
 
     /// Read host CPU, memory, disks and network.

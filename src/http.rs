@@ -60,8 +60,37 @@ async fn metrics(state: AppState, headers: HeaderMap, coalescer: &Coalescer) -> 
     } else {
         prometheus_client::encoding::prometheus_text::CONTENT_TYPE
     };
+    // Prometheus asks for gzip; the body shrinks about tenfold and is compressed once per
+    // encoding, however many scrapers share it.
+    let wants_gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(accepts_gzip);
     match coalescer.render(&state.registry, wants_openmetrics).await {
-        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Ok(rendered) if wants_gzip => match rendered.gzip() {
+            Some(body) => (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "accept-encoding"),
+                ],
+                body,
+            )
+                .into_response(),
+            None => (
+                [(header::CONTENT_TYPE, content_type)],
+                rendered.plain.clone(),
+            )
+                .into_response(),
+        },
+        Ok(rendered) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::VARY, "accept-encoding"),
+            ],
+            rendered.plain.clone(),
+        )
+            .into_response(),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",
@@ -70,7 +99,45 @@ async fn metrics(state: AppState, headers: HeaderMap, coalescer: &Coalescer) -> 
     }
 }
 
-type Rendering = Shared<BoxFuture<'static, Result<Bytes, fmt::Error>>>;
+/// Whether an `Accept-Encoding` value allows gzip (and does not refuse it with `q=0`).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|part| {
+        let mut params = part.split(';').map(str::trim);
+        let coding = params.next().unwrap_or("");
+        let refused = params.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
+/// One encoding of the registry, with its gzip form made on first demand.
+#[derive(Debug)]
+struct Rendered {
+    plain: Bytes,
+    gzip: std::sync::OnceLock<Option<Bytes>>,
+}
+
+impl Rendered {
+    /// The body compressed with gzip (fast level), `None` if compression failed.
+    fn gzip(&self) -> Option<Bytes> {
+        self.gzip
+            .get_or_init(|| {
+                use std::io::Write;
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.plain.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                enc.write_all(&self.plain).ok()?;
+                enc.finish().ok().map(Bytes::from)
+            })
+            .clone()
+    }
+}
+
+type Rendering = Shared<BoxFuture<'static, Result<Arc<Rendered>, fmt::Error>>>;
 
 /// Lets concurrent scrapes share one encoding: a scrape that arrives while the registry is
 /// being encoded in the same format waits for that result instead of encoding again, so many
@@ -92,7 +159,7 @@ impl Coalescer {
         &self,
         registry: &Arc<Registry>,
         openmetrics: bool,
-    ) -> Result<Bytes, fmt::Error> {
+    ) -> Result<Arc<Rendered>, fmt::Error> {
         let slot = if openmetrics {
             &self.openmetrics
         } else {
@@ -111,7 +178,12 @@ impl Coalescer {
                             } else {
                                 crate::metrics::render(&registry)
                             };
-                            body.map(Bytes::from)
+                            body.map(|b| {
+                                Arc::new(Rendered {
+                                    plain: Bytes::from(b),
+                                    gzip: std::sync::OnceLock::new(),
+                                })
+                            })
                         })
                         .await
                         .unwrap_or(Err(fmt::Error))
@@ -206,15 +278,38 @@ mod tests {
         for s in scrapes {
             bodies.push(s.await.unwrap());
         }
-        assert_eq!(count.load(Ordering::SeqCst), 1, "one encoding for 20 concurrent scrapes");
-        assert!(bodies.iter().all(|b| b == &bodies[0]));
-        assert!(String::from_utf8_lossy(&bodies[0]).contains("encodings 1.0\n"));
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "one encoding for 20 concurrent scrapes"
+        );
+        assert!(bodies.iter().all(|b| b.plain == bodies[0].plain));
+        assert!(String::from_utf8_lossy(&bodies[0].plain).contains("encodings 1.0\n"));
+
+        // The gzip form is made once and decodes to the same text.
+        let gz = bodies[0].gzip().unwrap();
+        assert!(Arc::ptr_eq(&bodies[0], &bodies[1]));
+        assert_eq!(bodies[1].gzip().unwrap(), gz);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+            .unwrap();
+        assert_eq!(text.as_bytes(), &bodies[0].plain[..]);
 
         // A scrape after the encoding finished gets a new one, in either format.
         let next = coalescer.render(&registry, false).await.unwrap();
-        assert!(String::from_utf8_lossy(&next).contains("encodings 2.0\n"));
+        assert!(String::from_utf8_lossy(&next.plain).contains("encodings 2.0\n"));
         let om = coalescer.render(&registry, true).await.unwrap();
-        assert!(String::from_utf8_lossy(&om).ends_with("# EOF\n"));
+        assert!(String::from_utf8_lossy(&om.plain).ends_with("# EOF\n"));
         assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip(""));
     }
 }
