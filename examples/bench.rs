@@ -467,7 +467,7 @@ fn main() {
 async fn run(o: &Options, image: &str) {
     println!(
         "| N | running on host | cgroup cycle | API cycle | docker stats --no-stream | \
-         stats / cgroup | /metrics p50 | p99 | req/s | body | RSS / HWM (cgroup) | \
+         stats / cgroup | /metrics p50 | p99 | req/s | gzip body | RSS idle / loaded / HWM (cgroup) | \
          RSS / HWM (API) | CPU/cycle cgroup | CPU/cycle API | dockerd CPU/cycle cgroup / API | load |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -501,6 +501,7 @@ async fn run(o: &Options, image: &str) {
         .await
         .unwrap();
         let (exporter, cpu_cgroup, dockerd_cgroup) = real;
+        let idle_rss = exporter.status("VmRSS:");
         let (p50, p99, rps, size) = load(exporter.port, scrapers, seconds).await;
         let rss = (exporter.status("VmRSS:"), exporter.status("VmHWM:"));
         drop(exporter);
@@ -520,13 +521,14 @@ async fn run(o: &Options, image: &str) {
         let mib = |kb: u64| kb as f64 / 1024.0;
         println!(
             "| {n} | {running} | {:.1} ms | {:.0} ms | {:.0} ms | {:.0}× | {p50:.1} ms | {p99:.1} ms | \
-             {rps:.0} | {:.0} KiB | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1} ms | {:.0} ms | \
+             {rps:.0} | {:.0} KiB | {:.1} / {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1} ms | {:.0} ms | \
              {:.0} / {:.0} ms | {load_before} |",
             fast * 1000.0,
             api * 1000.0,
             stats * 1000.0,
             stats / fast,
             size as f64 / 1024.0,
+            mib(idle_rss),
             mib(rss.0),
             mib(rss.1),
             mib(rss_api.0),
