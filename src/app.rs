@@ -40,10 +40,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Handed to the policy engine, which calls it for CRITICAL violations.
     let enforcer = Enforcer::from_args(docker.clone(), hub.clone(), &args.enforce)
         .context("configuring quarantine")?;
+    let fast_path =
+        crate::collector::cgroup::fast_path(args.cgroup, &args.cgroup_root, &args.procfs)
+            .context("starting the cgroup reader")?;
     let collector = Collector::new(
         docker.clone(),
         host,
-        None,
+        fast_path,
         CollectorConfig {
             interval: args.interval,
             concurrency: args.concurrency,

@@ -68,12 +68,26 @@ pub struct RunArgs {
     pub interval: Duration,
 
     /// Most container reads (stats or cgroup) in flight at once.
-    #[arg(long = "collect.concurrency", value_name = "N", default_value_t = 128)]
+    #[arg(long = "collect.concurrency", value_name = "N", default_value_t = 256)]
     pub concurrency: usize,
 
     /// Read host CPU, memory, disks and network.
     #[arg(long = "collector.host", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub host: bool,
+
+    /// Read container usage from the cgroup filesystem instead of the Engine API stats
+    /// endpoint: auto (when readable), on (fail at start when not) or off.
+    #[arg(long = "collector.cgroup", value_name = "MODE", default_value = "auto")]
+    pub cgroup: CgroupMode,
+
+    /// Where the host's cgroup filesystem is mounted (set to /host/sys/fs/cgroup when running
+    /// in a container).
+    #[arg(
+        long = "collector.cgroup.root",
+        value_name = "PATH",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup_root: PathBuf,
 
     /// Docker labels copied onto dockwatch_container_info as label_<sanitized key>
     /// (comma-separated). Compose project and service are always there.
@@ -116,6 +130,17 @@ pub struct RunArgs {
     /// Quarantine (`--enforce*`).
     #[command(flatten)]
     pub enforce: crate::enforce::EnforceArgs,
+}
+
+/// Whether container usage is read from cgroups.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use the cgroup filesystem when it is readable, else the Engine API.
+    Auto,
+    /// Use the cgroup filesystem; refuse to start when it is not readable.
+    On,
+    /// Always use the Engine API.
+    Off,
 }
 
 /// Log output format.

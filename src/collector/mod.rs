@@ -5,6 +5,9 @@
 //! Inspect data is cached per container and invalidated by the Docker event stream, so a
 //! steady host costs one list call plus one usage read per running container per cycle.
 
+#[cfg(test)]
+mod cache_tests;
+pub mod cgroup;
 pub mod container;
 pub mod host;
 
@@ -30,6 +33,9 @@ pub trait UsageReader: Send + Sync + std::fmt::Debug {
     /// Reads one sample of `meta`'s usage.
     fn read(&self, meta: &ContainerMeta) -> Option<ContainerUsage>;
 }
+
+/// Fast-path reads in flight at once (each on a blocking-pool thread).
+const FAST_PATH_THREADS: usize = 2;
 
 /// Where in a cycle something failed; the label of `dockwatch_collection_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,6 +134,7 @@ pub struct Collector {
     docker: Arc<dyn DockerApi>,
     host: Option<Arc<Mutex<HostCollector>>>,
     fast_path: Option<Arc<dyn UsageReader>>,
+    fast_slots: tokio::sync::Semaphore,
     config: CollectorConfig,
     cache: Mutex<HashMap<String, Arc<ContainerMeta>>>,
     previous: Mutex<HashMap<String, ContainerUsage>>,
@@ -149,6 +156,7 @@ impl Collector {
             docker,
             host: host.map(|h| Arc::new(Mutex::new(h))),
             fast_path,
+            fast_slots: tokio::sync::Semaphore::new(FAST_PATH_THREADS),
             config,
             cache: Mutex::new(HashMap::new()),
             previous: Mutex::new(HashMap::new()),
@@ -362,8 +370,12 @@ impl Collector {
     }
 
     async fn usage(&self, meta: &Arc<ContainerMeta>) -> Option<ContainerUsage> {
+        // Fast-path reads run on the blocking pool, a few at a time: with one hand-off per
+        // container in flight the pool grew to hundreds of threads (each with its own malloc
+        // arena), and reading in place would stall an async worker for the whole batch.
         let fast = match &self.fast_path {
             Some(reader) => {
+                let _slot = self.fast_slots.acquire().await.ok();
                 let reader = reader.clone();
                 let m = meta.clone();
                 tokio::task::spawn_blocking(move || reader.read(&m))
