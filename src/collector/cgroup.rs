@@ -471,8 +471,8 @@ impl CgroupReader {
             }
         }
         let rel = self
-            .from_proc(meta)
-            .or_else(|| self.from_layout(meta))
+            .lookup_proc(meta)
+            .or_else(|| self.lookup_layout(meta))
             .ok_or_else(|| CgroupError::NotFound {
                 id: meta.id.clone(),
             })?;
@@ -490,7 +490,7 @@ impl CgroupReader {
 
     /// Paths from `/proc/<pid>/cgroup`, if they name existing directories that belong to the
     /// container. Paths with `..` (the reader runs in another cgroup namespace) are not used.
-    fn from_proc(&self, meta: &ContainerMeta) -> Option<HashMap<String, String>> {
+    fn lookup_proc(&self, meta: &ContainerMeta) -> Option<HashMap<String, String>> {
         let pid = meta.pid?;
         let text =
             std::fs::read_to_string(self.procfs.join(pid.to_string()).join("cgroup")).ok()?;
@@ -524,7 +524,7 @@ impl CgroupReader {
     }
 
     /// The paths the engine would have chosen, preferred driver first.
-    fn from_layout(&self, meta: &ContainerMeta) -> Option<HashMap<String, String>> {
+    fn lookup_layout(&self, meta: &ContainerMeta) -> Option<HashMap<String, String>> {
         let parent = meta
             .inspect
             .host_config
