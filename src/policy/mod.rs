@@ -3,7 +3,8 @@
 //!
 //! An episode is keyed by (container, policy, rule, subject). It starts when its condition
 //! first holds (a `ViolationStarted` event, one count on `dockwatch_policy_violations_total`,
-//! and quarantine for CRITICAL violations of `enforce` policies) and ends when the condition
+//! and a quarantine request for CRITICAL violations, which the enforcer carries out only for
+//! `enforce` policies with `--enforce` and otherwise reports as a dry run) and ends when the condition
 //! clears or the container goes (`ViolationEnded` with the duration). Rules that depend only on
 //! inspect data are cached per container until its metadata changes, so evaluating an
 //! unchanged host costs a few map lookups per container plus the dynamic checks.
@@ -37,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::cli::parse_duration;
 use crate::docker::DockerApi;
 use crate::enforce::Enforcer;
-use crate::events::{EventHub, EventKind, Mode, Severity, ViolationEvent};
+use crate::events::{EventHub, EventKind, Severity, ViolationEvent};
 use crate::metrics::{Family, Kind, label};
 use crate::model::{ContainerMeta, ContainerSnapshot, ContainerState, Snapshot};
 
@@ -759,7 +760,8 @@ impl PolicyEngine {
                     meta.name.clone(),
                 ))
                 .or_default() += 1;
-            if finding.severity == Severity::Critical && finding.mode == Mode::Enforce {
+            // Dry-run policies go to the enforcer too: it reports what it would have done.
+            if finding.severity == Severity::Critical {
                 quarantines.push((meta.clone(), e.clone()));
             }
             events.push(e);
