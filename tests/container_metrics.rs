@@ -81,11 +81,12 @@ fn cpu_of_a_quota_limited_burner_matches_quota_and_docker_stats() {
         contended || throttled > 0.0,
         "a burner at its quota must be throttled"
     );
+    // At least a fifth of a core over the four seconds, even on a contended host.
     assert!(
         m.value(
             "dockwatch_container_cpu_usage_seconds_total",
             &name_labels(&burner)
-        ) > 1.0
+        ) > 0.8
     );
     assert_eq!(
         m.value("dockwatch_container_cpus_online", &name_labels(&burner)),

@@ -334,11 +334,20 @@ fn the_binary_reports_a_dry_run_quarantine_through_every_sink() {
         "pause",
     ]);
     let query = format!("/violations?kind=enforcement&container={}", c.name);
+    let open = format!(
+        "/violations?active=true&min_severity=CRITICAL&container={}",
+        c.short_id()
+    );
+    let count = |path: &str| -> Vec<serde_json::Value> {
+        let body: serde_json::Value = serde_json::from_str(&dw.get(path)).unwrap();
+        body["events"].as_array().unwrap().clone()
+    };
+    // Quarantine requests are handled off the evaluation path: wait until every open CRITICAL
+    // episode has its enforcement event.
     let deadline = Instant::now() + Duration::from_secs(30);
     let enforcement = loop {
-        let body: serde_json::Value = serde_json::from_str(&dw.get(&query)).unwrap();
-        let events = body["events"].as_array().unwrap().clone();
-        if !events.is_empty() || Instant::now() > deadline {
+        let events = count(&query);
+        if (!events.is_empty() && events.len() == count(&open).len()) || Instant::now() > deadline {
             break events;
         }
         std::thread::sleep(Duration::from_millis(200));
