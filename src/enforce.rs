@@ -13,6 +13,7 @@ use clap::Args;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::docker::{ContainerAction, DockerApi};
+use crate::error_chain;
 use crate::events::{EpisodeKey, EventHub, EventKind, Mode, Severity, ViolationEvent};
 use crate::model::ContainerMeta;
 
@@ -313,17 +314,6 @@ impl Enforcer {
             ..violation.clone()
         });
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Ids of the container this process runs in, from the cgroup paths (`/docker/<id>`,
