@@ -342,6 +342,220 @@ impl DockerApi for BollardDocker {
     }
 }
 
+/// A configurable [`DockerApi`] for unit tests.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bollard::models::{
+        ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse,
+        ContainerSummary, ContainerSummaryStateEnum, ContainerTopResponse, EventMessage,
+        ImageInspect,
+    };
+    use futures_util::StreamExt;
+    use futures_util::stream::BoxStream;
+    use tokio::sync::mpsc;
+
+    use super::{ContainerAction, DockerApi, DockerError, EngineVersion};
+
+    /// A payload from `tests/fixtures/docker/`.
+    pub(crate) fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!(
+            "{}/tests/fixtures/docker/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// An engine of API 1.41 that answers from what a test put in and counts every call.
+    ///
+    /// Containers are listed in order with the state of their inspect payload; unknown ids,
+    /// images, and `top` without [`FakeDocker::with_top`] answer 404. `act` is recorded and
+    /// succeeds unless [`FakeDocker::with_failing_acts`] says otherwise. The event stream stays
+    /// pending unless [`FakeDocker::event_sender`] was called first.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeDocker {
+        /// Inspect and stats payloads, in list order.
+        pub containers: Mutex<Vec<(ContainerInspectResponse, ContainerStatsResponse)>>,
+        /// Ids whose stats answer 404, as a container removed mid-cycle does.
+        pub vanish_before_stats: Mutex<Vec<String>>,
+        top: Option<ContainerTopResponse>,
+        fail_act: bool,
+        /// Successful actions, in order.
+        pub acts: Mutex<Vec<(String, ContainerAction)>>,
+        calls: Mutex<HashMap<&'static str, usize>>,
+        inspected: Mutex<HashMap<String, usize>>,
+        events: Mutex<Option<mpsc::UnboundedReceiver<EventMessage>>>,
+    }
+
+    impl FakeDocker {
+        /// Containers from fixture file pairs (inspect, stats).
+        pub(crate) fn with_fixtures(pairs: &[(&str, &str)]) -> Self {
+            let fake = Self::default();
+            for (inspect, stats) in pairs {
+                fake.containers
+                    .lock()
+                    .unwrap()
+                    .push((fixture(inspect), fixture(stats)));
+            }
+            fake
+        }
+
+        /// Answers `top` with `top` for every container.
+        pub(crate) fn with_top(mut self, top: ContainerTopResponse) -> Self {
+            self.top = Some(top);
+            self
+        }
+
+        /// Makes every `act` fail with a conflict (while `fail` is set).
+        pub(crate) fn with_failing_acts(mut self, fail: bool) -> Self {
+            self.fail_act = fail;
+            self
+        }
+
+        /// Calls of one method so far: `version`, `list`, `inspect`, `inspect_image`,
+        /// `stats`, `top` or `act`.
+        pub(crate) fn calls(&self, method: &str) -> usize {
+            self.calls.lock().unwrap().get(method).copied().unwrap_or(0)
+        }
+
+        /// Inspect calls for one container so far.
+        pub(crate) fn inspected(&self, id: &str) -> usize {
+            self.inspected.lock().unwrap().get(id).copied().unwrap_or(0)
+        }
+
+        /// Changes the state a container is listed and inspected with.
+        pub(crate) fn set_status(&self, id: &str, status: ContainerStateStatusEnum) {
+            for (inspect, _) in self.containers.lock().unwrap().iter_mut() {
+                if inspect.id.as_deref() == Some(id) {
+                    inspect.state.get_or_insert_default().status = Some(status);
+                }
+            }
+        }
+
+        /// Makes the next `events()` stream replay what is sent here.
+        pub(crate) fn event_sender(&self) -> mpsc::UnboundedSender<EventMessage> {
+            let (tx, rx) = mpsc::unbounded_channel();
+            *self.events.lock().unwrap() = Some(rx);
+            tx
+        }
+
+        fn count(&self, method: &'static str) {
+            *self.calls.lock().unwrap().entry(method).or_default() += 1;
+        }
+
+        fn find<T>(
+            &self,
+            id: &str,
+            pick: impl Fn(&(ContainerInspectResponse, ContainerStatsResponse)) -> T,
+        ) -> Result<T, DockerError> {
+            self.containers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(i, _)| i.id.as_deref() == Some(id))
+                .map(pick)
+                .ok_or(DockerError::NotFound { what: id.into() })
+        }
+    }
+
+    #[async_trait]
+    impl DockerApi for FakeDocker {
+        async fn version(&self) -> Result<EngineVersion, DockerError> {
+            self.count("version");
+            Ok(EngineVersion {
+                version: "20.10.24".into(),
+                api_version: "1.41".into(),
+            })
+        }
+
+        async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
+            self.count("list");
+            let state = |i: &ContainerInspectResponse| match i.state.as_ref().and_then(|s| s.status)
+            {
+                Some(ContainerStateStatusEnum::RUNNING) => ContainerSummaryStateEnum::RUNNING,
+                Some(ContainerStateStatusEnum::PAUSED) => ContainerSummaryStateEnum::PAUSED,
+                _ => ContainerSummaryStateEnum::EXITED,
+            };
+            Ok(self
+                .containers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(inspect, _)| ContainerSummary {
+                    id: inspect.id.clone(),
+                    state: Some(state(inspect)),
+                    ..Default::default()
+                })
+                .collect())
+        }
+
+        async fn inspect_container(
+            &self,
+            id: &str,
+        ) -> Result<ContainerInspectResponse, DockerError> {
+            self.count("inspect");
+            *self
+                .inspected
+                .lock()
+                .unwrap()
+                .entry(id.to_string())
+                .or_default() += 1;
+            self.find(id, |(i, _)| i.clone())
+        }
+
+        async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
+            self.count("inspect_image");
+            Err(DockerError::NotFound { what: id.into() })
+        }
+
+        async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, DockerError> {
+            self.count("stats");
+            if self
+                .vanish_before_stats
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|v| v == id)
+            {
+                return Err(DockerError::NotFound { what: id.into() });
+            }
+            self.find(id, |(_, s)| s.clone())
+        }
+
+        async fn top(&self, id: &str) -> Result<ContainerTopResponse, DockerError> {
+            self.count("top");
+            self.top
+                .clone()
+                .ok_or(DockerError::NotFound { what: id.into() })
+        }
+
+        async fn act(&self, id: &str, action: ContainerAction) -> Result<(), DockerError> {
+            self.count("act");
+            if self.fail_act {
+                return Err(DockerError::Conflict {
+                    what: format!("container {id}"),
+                    message: "container is not running".into(),
+                });
+            }
+            self.acts.lock().unwrap().push((id.to_string(), action));
+            Ok(())
+        }
+
+        fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>> {
+            match self.events.lock().unwrap().take() {
+                Some(rx) => futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|e| (Ok(e), rx))
+                })
+                .boxed(),
+                None => futures_util::stream::pending().boxed(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

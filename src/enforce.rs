@@ -13,6 +13,7 @@ use clap::Args;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::docker::{ContainerAction, DockerApi};
+use crate::error_chain;
 use crate::events::{EpisodeKey, EventHub, EventKind, Mode, Severity, ViolationEvent};
 use crate::model::ContainerMeta;
 
@@ -315,17 +316,6 @@ impl Enforcer {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Ids of the container this process runs in, from the cgroup paths (`/docker/<id>`,
 /// `docker-<id>.scope`), the files Docker bind-mounts into every container
 /// (`/var/lib/docker/containers/<id>/hostname` on `/etc/hostname`), and the hostname when it
@@ -380,94 +370,20 @@ fn hex_ids(text: &str) -> impl Iterator<Item = &str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
-    use bollard::models::{
-        ContainerInspectResponse, ContainerStatsResponse, ContainerSummary, ContainerTopResponse,
-        EventMessage, ImageInspect,
-    };
-    use futures_util::stream::BoxStream;
-
     use super::*;
-    use crate::docker::{DockerError, EngineVersion};
+    use crate::docker::fake::FakeDocker;
     use crate::events::tests::{event, render};
-    use crate::model::{ContainerState, HealthStatus};
-
-    /// Records `act` calls; fails them while `fail` is set.
-    #[derive(Debug, Default)]
-    struct FakeDocker {
-        acts: Mutex<Vec<(String, ContainerAction)>>,
-        fail: bool,
-        calls: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl DockerApi for FakeDocker {
-        async fn version(&self) -> Result<EngineVersion, DockerError> {
-            Ok(EngineVersion::default())
-        }
-        async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
-            Ok(Vec::new())
-        }
-        async fn inspect_container(
-            &self,
-            id: &str,
-        ) -> Result<ContainerInspectResponse, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn top(&self, id: &str) -> Result<ContainerTopResponse, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn act(&self, id: &str, action: ContainerAction) -> Result<(), DockerError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.fail {
-                return Err(DockerError::Conflict {
-                    what: format!("container {id}"),
-                    message: "container is not running".into(),
-                });
-            }
-            self.acts.lock().unwrap().push((id.to_string(), action));
-            Ok(())
-        }
-        fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>> {
-            Box::pin(futures_util::stream::empty())
-        }
-    }
 
     fn meta(e: &ViolationEvent) -> ContainerMeta {
         ContainerMeta {
-            id: e.container_id.clone(),
-            name: e.container.clone(),
             image: e.image.clone(),
             image_id: String::new(),
-            labels: BTreeMap::new(),
-            state: ContainerState::Running,
-            health: HealthStatus::None,
-            restart_count: 0,
-            oom_killed: false,
-            started_at: None,
-            pid: None,
-            memory_limit_bytes: None,
-            cpu_limit_cores: None,
-            pids_limit: None,
-            network_mode: "bridge".into(),
-            inspect: Arc::new(ContainerInspectResponse::default()),
+            ..ContainerMeta::for_tests(&e.container_id, &e.container)
         }
     }
 
     fn setup(enabled: bool, fail: bool) -> (Arc<FakeDocker>, EventHub, Enforcer) {
-        let docker = Arc::new(FakeDocker {
-            fail,
-            ..Default::default()
-        });
+        let docker = Arc::new(FakeDocker::default().with_failing_acts(fail));
         let hub = EventHub::default();
         let enforcer = Enforcer::new(docker.clone(), hub.clone(), enabled, ContainerAction::Pause)
             .with_own_ids(Vec::new());
@@ -488,7 +404,7 @@ mod tests {
         hub.publish(v.clone());
         enforcer.quarantine(&meta(&v), &v).await;
 
-        assert_eq!(docker.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(docker.calls("act"), 0);
         let events = enforcement_events(&hub);
         assert_eq!(events.len(), 1);
         let e = &events[0];
@@ -514,7 +430,7 @@ mod tests {
             ..event(EventKind::ViolationStarted, "web", 10.0)
         };
         enforcer.quarantine(&meta(&v), &v).await;
-        assert_eq!(docker.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(docker.calls("act"), 0);
         let events = enforcement_events(&hub);
         assert_eq!(events[0].result.as_deref(), Some("dry_run"));
         assert!(
@@ -600,11 +516,7 @@ mod tests {
         let v = event(EventKind::ViolationStarted, "web", 10.0);
         enforcer.quarantine(&meta(&v), &v).await;
         enforcer.quarantine(&meta(&v), &v).await;
-        assert_eq!(
-            docker.calls.load(Ordering::SeqCst),
-            1,
-            "no retry within the episode"
-        );
+        assert_eq!(docker.calls("act"), 1, "no retry within the episode");
         let events = enforcement_events(&hub);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].result.as_deref(), Some("failure"));
@@ -665,7 +577,7 @@ mod tests {
             ..event(EventKind::ViolationStarted, "web", 10.0)
         };
         enforcer.quarantine(&meta(&v), &v).await;
-        assert_eq!(docker.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(docker.calls("act"), 0);
         assert!(enforcement_events(&hub).is_empty());
     }
 

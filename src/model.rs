@@ -187,6 +187,30 @@ pub struct ContainerMeta {
 }
 
 impl ContainerMeta {
+    /// A running `busybox:1` container on the bridge network with no limits, labels or
+    /// inspect data, for tests to adjust field by field.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, name: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            name: name.to_string(),
+            image: "busybox:1".into(),
+            image_id: "sha256:00".into(),
+            labels: BTreeMap::new(),
+            state: ContainerState::Running,
+            health: HealthStatus::None,
+            restart_count: 0,
+            oom_killed: false,
+            started_at: None,
+            pid: None,
+            memory_limit_bytes: None,
+            cpu_limit_cores: None,
+            pids_limit: None,
+            network_mode: "bridge".into(),
+            inspect: Arc::new(ContainerInspectResponse::default()),
+        }
+    }
+
     /// The 12-character id `docker ps` shows.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]

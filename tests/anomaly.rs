@@ -208,11 +208,7 @@ fn cpu_burst_scores_high_and_report_reads_the_windows() {
         );
     }
     assert!(!m.text.contains("NaN") && !m.text.contains("Inf"));
-    common::require("promtool", "prometheus");
-    let check = Command::new("sh")
-        .args(["-c", "promtool check metrics"])
-        .stdin_bytes(&m.text);
-    assert!(check.0, "promtool check metrics: {}", check.1);
+    common::assert_promtool_clean(&m.text);
 
     // The report, as JSON for exact figures and as text for the layout.
     let json: serde_json::Value =
@@ -360,34 +356,6 @@ fn cpu_burst_scores_high_and_report_reads_the_windows() {
         gone.all("dockwatch_anomaly_window_samples", &[("name", b)])
             .is_empty()
     );
-}
-
-/// Runs a shell command with `input` on stdin; returns (success, stdout + stderr).
-trait StdinBytes {
-    fn stdin_bytes(&mut self, input: &str) -> (bool, String);
-}
-
-impl StdinBytes for Command {
-    fn stdin_bytes(&mut self, input: &str) -> (bool, String) {
-        use std::io::Write;
-        use std::process::Stdio;
-        let mut child = self
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
 }
 
 #[test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Container, Dockwatch, Metrics, docker, image};
@@ -382,29 +380,7 @@ fn live_output_passes_promtool_check_metrics() {
     let dw = Dockwatch::start(&["--collect.interval", "1s"]);
     std::thread::sleep(Duration::from_secs(2));
     let body = dw.get("/metrics");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool: {complaints}"
-    );
+    common::assert_promtool_clean(&body);
     let parsed = Metrics::parse(&body);
     assert!(
         parsed.samples.iter().all(|s| s.value.is_finite()),

@@ -284,32 +284,7 @@ async fn quarantine_reaches_violations_metrics_and_the_webhook() {
     let queue_full = [("sink", "webhook"), ("reason", "queue_full")];
     assert_eq!(m.value("dockwatch_events_dropped_total", &queue_full), 0.0);
     assert_eq!(m.value("dockwatch_events_webhook_queue_length", &[]), 0.0);
-    promtool_check(&text);
-}
-
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_promtool_clean(&text);
 }
 
 /// The real binary with the default policy: a container without a seccomp filter is a CRITICAL

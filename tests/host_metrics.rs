@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -319,7 +318,7 @@ fn host_metrics_match_node_exporter() {
         assert!(!m.all(name, &[]).is_empty(), "{name} missing");
     }
 
-    promtool_check(&m.text);
+    common::assert_promtool_clean(&m.text);
 }
 
 /// With `--path.rootfs` pointing at another path to the root filesystem, the figures are the
@@ -452,31 +451,4 @@ fn containerised_dockwatch_reports_the_host() {
         .map(|s| s.labels["interface"].clone())
         .collect();
     assert!(interfaces.contains("docker0"), "{interfaces:?}");
-}
-
-fn promtool_check(text: &str) {
-    common::require("promtool", "prometheus");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
 }

@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Container, Dockwatch, Metrics};
@@ -146,27 +145,7 @@ fn disallowed_tag_is_one_episode_and_output_passes_promtool() {
     );
     assert_eq!(m.value("dockwatch_config_last_reload_successful", &[]), 1.0);
 
-    common::require("promtool", "prometheus");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(m.text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_promtool_clean(&m.text);
 
     // The container goes: the gauge goes, the counter stays.
     bad.remove();

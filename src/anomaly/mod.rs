@@ -605,28 +605,10 @@ impl Anomaly {
 pub(crate) mod tests {
     use super::*;
     use crate::collector::host::HostSnapshot;
-    use crate::model::{ContainerSnapshot, ContainerState, HealthStatus, UsageRates};
-    use bollard::models::ContainerInspectResponse;
+    use crate::model::{ContainerSnapshot, UsageRates};
 
     pub(crate) fn meta(id: &str, name: &str) -> Arc<ContainerMeta> {
-        Arc::new(ContainerMeta {
-            id: id.to_string(),
-            name: name.to_string(),
-            image: "busybox:1".into(),
-            image_id: "sha256:00".into(),
-            labels: Default::default(),
-            state: ContainerState::Running,
-            health: HealthStatus::None,
-            restart_count: 0,
-            oom_killed: false,
-            started_at: None,
-            pid: None,
-            memory_limit_bytes: None,
-            cpu_limit_cores: None,
-            pids_limit: None,
-            network_mode: "bridge".into(),
-            inspect: Arc::new(ContainerInspectResponse::default()),
-        })
+        Arc::new(ContainerMeta::for_tests(id, name))
     }
 
     pub(crate) fn usage(at: f64, cpu: f64, memory: u64) -> ContainerUsage {

@@ -1,158 +1,43 @@
 //! How often a cycle calls the engine: inspect data is cached and refreshed by events, and
 //! the fast path replaces the stats call, with the engine as a per-container fallback.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bollard::models::{
-    ContainerInspectResponse, ContainerStatsResponse, ContainerSummary, ContainerSummaryStateEnum,
-    ContainerTopResponse, EventActor, EventMessage, ImageInspect,
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse, EventActor,
+    EventMessage,
 };
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Collector, CollectorConfig, UsageReader};
-use crate::docker::{ContainerAction, DockerApi, DockerError, EngineVersion};
+use crate::docker::fake::{FakeDocker, fixture};
 use crate::model::{ContainerMeta, ContainerState, ContainerUsage, UsageSource};
 
-const INSPECT: &str = include_str!("../../tests/fixtures/docker/inspect-s1.json");
-const STATS: &str = include_str!("../../tests/fixtures/docker/stats-v1-s1.json");
-
-/// A steady engine with a fixed set of containers that counts every call.
-#[derive(Debug, Default)]
-struct CountingDocker {
-    containers: Mutex<Vec<(String, ContainerState)>>,
-    calls: Mutex<HashMap<&'static str, usize>>,
-    inspected: Mutex<HashMap<String, usize>>,
-    events: Mutex<Option<mpsc::UnboundedReceiver<EventMessage>>>,
-}
-
-impl CountingDocker {
-    fn new(n: usize) -> Arc<Self> {
-        let containers = (0..n)
-            .map(|i| (format!("{i:064x}"), ContainerState::Running))
-            .collect();
-        Arc::new(Self {
-            containers: Mutex::new(containers),
-            ..Default::default()
-        })
-    }
-
-    fn count(&self, call: &'static str) {
-        *self.calls.lock().unwrap().entry(call).or_default() += 1;
-    }
-
-    fn calls(&self, call: &str) -> usize {
-        self.calls.lock().unwrap().get(call).copied().unwrap_or(0)
-    }
-
-    fn inspected(&self, id: &str) -> usize {
-        self.inspected.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-
-    fn set_state(&self, id: &str, state: ContainerState) {
-        for c in self.containers.lock().unwrap().iter_mut() {
-            if c.0 == id {
-                c.1 = state;
-            }
-        }
-    }
-
-    fn state(&self, id: &str) -> ContainerState {
-        self.containers
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|c| c.0 == id)
-            .map(|c| c.1)
-            .unwrap()
-    }
-}
-
-#[async_trait]
-impl DockerApi for CountingDocker {
-    async fn version(&self) -> Result<EngineVersion, DockerError> {
-        self.count("version");
-        Ok(EngineVersion {
-            version: "20.10.24".into(),
-            api_version: "1.41".into(),
-        })
-    }
-
-    async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
-        self.count("list");
-        let state = |s: ContainerState| match s {
-            ContainerState::Running => ContainerSummaryStateEnum::RUNNING,
-            ContainerState::Paused => ContainerSummaryStateEnum::PAUSED,
-            _ => ContainerSummaryStateEnum::EXITED,
-        };
-        Ok(self
-            .containers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, s)| ContainerSummary {
-                id: Some(id.clone()),
-                state: Some(state(*s)),
-                ..Default::default()
-            })
-            .collect())
-    }
-
-    async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
-        self.count("inspect");
-        *self
-            .inspected
-            .lock()
-            .unwrap()
-            .entry(id.to_string())
-            .or_default() += 1;
-        let mut inspect: ContainerInspectResponse = serde_json::from_str(INSPECT).unwrap();
-        inspect.id = Some(id.to_string());
+/// A steady engine with `n` running containers, ids `0…0`, `0…1`, …, named `c-<last 4>`.
+fn steady(n: usize) -> Arc<FakeDocker> {
+    let docker = FakeDocker::default();
+    for i in 0..n {
+        let id = format!("{i:064x}");
+        let mut inspect: ContainerInspectResponse = fixture("inspect-s1.json");
         inspect.name = Some(format!("/c-{}", &id[60..]));
-        let status = match self.state(id) {
-            ContainerState::Running => bollard::models::ContainerStateStatusEnum::RUNNING,
-            ContainerState::Paused => bollard::models::ContainerStateStatusEnum::PAUSED,
-            _ => bollard::models::ContainerStateStatusEnum::EXITED,
-        };
-        inspect.state.as_mut().unwrap().status = Some(status);
-        Ok(inspect)
+        inspect.id = Some(id);
+        inspect.state.as_mut().unwrap().status = Some(ContainerStateStatusEnum::RUNNING);
+        let stats: ContainerStatsResponse = fixture("stats-v1-s1.json");
+        docker.containers.lock().unwrap().push((inspect, stats));
     }
+    Arc::new(docker)
+}
 
-    async fn inspect_image(&self, _id: &str) -> Result<ImageInspect, DockerError> {
-        self.count("inspect_image");
-        Ok(ImageInspect::default())
-    }
-
-    async fn stats(&self, _id: &str) -> Result<ContainerStatsResponse, DockerError> {
-        self.count("stats");
-        Ok(serde_json::from_str(STATS).unwrap())
-    }
-
-    async fn top(&self, _id: &str) -> Result<ContainerTopResponse, DockerError> {
-        self.count("top");
-        Ok(ContainerTopResponse::default())
-    }
-
-    async fn act(&self, _id: &str, _action: ContainerAction) -> Result<(), DockerError> {
-        self.count("act");
-        Ok(())
-    }
-
-    fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>> {
-        match self.events.lock().unwrap().take() {
-            Some(rx) => futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|e| (Ok(e), rx))
-            })
-            .boxed(),
-            None => futures_util::stream::pending().boxed(),
-        }
-    }
+fn ids(docker: &FakeDocker) -> Vec<String> {
+    docker
+        .containers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(inspect, _)| inspect.id.clone().unwrap())
+        .collect()
 }
 
 /// A fast path that reads every container except the ones listed.
@@ -176,7 +61,7 @@ impl UsageReader for FakeReader {
     }
 }
 
-fn collector(docker: Arc<CountingDocker>, fast: Option<Arc<dyn UsageReader>>) -> Arc<Collector> {
+fn collector(docker: Arc<FakeDocker>, fast: Option<Arc<dyn UsageReader>>) -> Arc<Collector> {
     Collector::new(
         docker,
         None,
@@ -202,7 +87,7 @@ fn event(id: &str, action: &str) -> EventMessage {
 
 #[tokio::test]
 async fn steady_host_inspects_each_container_once() {
-    let docker = CountingDocker::new(5);
+    let docker = steady(5);
     let c = collector(docker.clone(), None);
     for _ in 0..4 {
         let snap = c.collect_once(true).await;
@@ -226,14 +111,8 @@ async fn steady_host_inspects_each_container_once() {
 
 #[tokio::test]
 async fn event_and_state_change_reinspect_that_container_only() {
-    let docker = CountingDocker::new(3);
-    let ids: Vec<String> = docker
-        .containers
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| c.0.clone())
-        .collect();
+    let docker = steady(3);
+    let ids = ids(&docker);
     let c = collector(docker.clone(), None);
     c.collect_once(true).await;
     assert_eq!(docker.calls("inspect"), 3);
@@ -250,7 +129,7 @@ async fn event_and_state_change_reinspect_that_container_only() {
     assert_eq!(docker.inspected(&ids[0]), 2);
 
     // A state change seen in the listing (event missed) re-inspects too.
-    docker.set_state(&ids[1], ContainerState::Paused);
+    docker.set_status(&ids[1], ContainerStateStatusEnum::PAUSED);
     let snap = c.collect_once(true).await;
     assert_eq!(docker.inspected(&ids[1]), 2);
     assert_eq!(
@@ -263,10 +142,9 @@ async fn event_and_state_change_reinspect_that_container_only() {
 
 #[tokio::test]
 async fn events_from_the_stream_invalidate_the_cache() {
-    let docker = CountingDocker::new(2);
-    let (tx, rx) = mpsc::unbounded_channel();
-    *docker.events.lock().unwrap() = Some(rx);
-    let id = docker.containers.lock().unwrap()[1].0.clone();
+    let docker = steady(2);
+    let tx = docker.event_sender();
+    let id = ids(&docker)[1].clone();
     let c = collector(docker.clone(), None);
     c.collect_once(true).await;
 
@@ -287,8 +165,8 @@ async fn events_from_the_stream_invalidate_the_cache() {
 
 #[tokio::test]
 async fn fast_path_replaces_stats_with_per_container_fallback() {
-    let docker = CountingDocker::new(4);
-    let unreadable = docker.containers.lock().unwrap()[2].0.clone();
+    let docker = steady(4);
+    let unreadable = ids(&docker)[2].clone();
     let reader = Arc::new(FakeReader {
         unreadable: vec![unreadable.clone()],
         ..Default::default()

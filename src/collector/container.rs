@@ -239,16 +239,8 @@ pub fn memory_from_stat(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::fake::fixture;
     use crate::model::{ContainerUsage, UsageSource};
-
-    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!(
-            "{}/tests/fixtures/docker/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
 
     fn meta(inspect: &str) -> ContainerMeta {
         meta_from_inspect(fixture(inspect))

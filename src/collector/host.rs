@@ -25,6 +25,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use sysinfo::{CpuRefreshKind, MINIMUM_CPU_UPDATE_INTERVAL, RefreshKind, System};
 use tracing::debug;
 
+use crate::error_chain;
 use crate::metrics::{Family, Kind, Label, label};
 use filesystem::{Filesystem, StatFs};
 use procfs::{CpuTicks, DiskStats, LoadAvg, MemInfo, NetDev, ParseError, TCP_STATES};
@@ -56,25 +57,13 @@ pub enum HostError {
         error: ParseError,
     },
     /// Not one host file could be read: `--path.procfs` is probably wrong.
-    #[error("no host figures readable under {}: {}", procfs.display(), with_causes(first))]
+    #[error("no host figures readable under {}: {}", procfs.display(), error_chain(first))]
     Unreadable {
         /// `--path.procfs`.
         procfs: PathBuf,
         /// The first failure.
         first: Box<HostError>,
     },
-}
-
-/// An error and its sources, joined with `: `.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// CPU usage of one core over the last interval.
@@ -504,7 +493,7 @@ struct Reads {
 
 impl Reads {
     fn failed(&mut self, e: HostError) {
-        debug!(error = %with_causes(&e), "host source skipped");
+        debug!(error = %error_chain(&e), "host source skipped");
         if self.first_error.is_none() {
             self.first_error = Some(e);
         }
@@ -838,7 +827,7 @@ mod tests {
             error,
         };
         assert_eq!(
-            with_causes(&e),
+            error_chain(&e),
             r#"parsing /host/proc/meminfo: line 2: field MemFree: invalid value "x""#
         );
     }

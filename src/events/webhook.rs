@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, DropReason, EventsArgs, EventsError, Sink, ViolationEvent};
+use crate::error_chain;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -321,17 +322,6 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     let quarter = (d.as_millis() / 4).max(1) as u32;
     d + Duration::from_millis(u64::from(nanos % quarter))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1030,29 +1030,18 @@ impl Resolver for StaticResolver {
 pub(crate) mod tests {
     use super::*;
     use crate::collector::container::meta_from_inspect;
-    use crate::docker::{ContainerAction, DockerError, EngineVersion};
+    use crate::docker::ContainerAction;
+    use crate::docker::fake::{FakeDocker, fixture};
     use crate::model::{ContainerUsage, MemoryUsage, UsageRates};
-    use bollard::models::{
-        ContainerInspectResponse, ContainerStatsResponse, ContainerSummary, ContainerTopResponse,
-        EventMessage, ImageInspect,
-    };
-    use futures_util::stream::BoxStream;
+    use bollard::models::ContainerInspectResponse;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn inspect(name: &str) -> ContainerInspectResponse {
-        let path = format!(
-            "{}/tests/fixtures/docker/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
     pub(crate) fn fixture_meta(name: &str) -> ContainerMeta {
-        meta_from_inspect(inspect(name))
+        meta_from_inspect(fixture(name))
     }
 
     pub(crate) fn meta_with(f: impl FnOnce(&mut ContainerInspectResponse)) -> ContainerMeta {
-        let mut i = inspect("inspect-policy-plain.json");
+        let mut i = fixture("inspect-policy-plain.json");
         f(&mut i);
         meta_from_inspect(i)
     }
@@ -1068,45 +1057,8 @@ pub(crate) mod tests {
         m
     }
 
-    #[derive(Debug, Default)]
-    struct FakeDocker {
-        tops: AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl DockerApi for FakeDocker {
-        async fn version(&self) -> Result<EngineVersion, DockerError> {
-            Ok(EngineVersion::default())
-        }
-        async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
-            Ok(Vec::new())
-        }
-        async fn inspect_container(
-            &self,
-            id: &str,
-        ) -> Result<ContainerInspectResponse, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn inspect_image(&self, id: &str) -> Result<ImageInspect, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, DockerError> {
-            Err(DockerError::NotFound { what: id.into() })
-        }
-        async fn top(&self, _id: &str) -> Result<ContainerTopResponse, DockerError> {
-            self.tops.fetch_add(1, Ordering::Relaxed);
-            let path = format!(
-                "{}/tests/fixtures/docker/top-policy-plain.json",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            Ok(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
-        }
-        async fn act(&self, _id: &str, _a: ContainerAction) -> Result<(), DockerError> {
-            Ok(())
-        }
-        fn events(&self) -> BoxStream<'static, Result<EventMessage, DockerError>> {
-            Box::pin(futures_util::stream::empty())
-        }
+    fn fake_docker() -> Arc<FakeDocker> {
+        Arc::new(FakeDocker::default().with_top(fixture("top-policy-plain.json")))
     }
 
     fn engine(yaml: &str) -> (Arc<PolicyEngine>, Arc<FakeDocker>, PathBuf) {
@@ -1118,7 +1070,7 @@ pub(crate) mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("policy.yaml");
         std::fs::write(&file, yaml).unwrap();
-        let docker = Arc::new(FakeDocker::default());
+        let docker = fake_docker();
         let hub = EventHub::default();
         let enforcer = Enforcer::new(docker.clone(), hub.clone(), false, ContainerAction::Stop);
         let args = PolicyArgs {
@@ -1224,7 +1176,7 @@ runtime_policies:
         assert_eq!(events[0].container_id, meta.id);
         assert_eq!(events[0].image, "dwt/app:dev");
         // One process listing: the cache holds for the process interval.
-        assert_eq!(docker.tops.load(Ordering::Relaxed), 1);
+        assert_eq!(docker.calls("top"), 1);
         let mut active: Vec<(String, &str, String)> =
             e.active().into_iter().map(|a| (a.0, a.1, a.3)).collect();
         active.sort();
@@ -1371,7 +1323,7 @@ runtime_policies:
 
     #[tokio::test]
     async fn resolved_domains_are_kept_when_resolution_fails() {
-        let docker = Arc::new(FakeDocker::default());
+        let docker = fake_docker();
         let hub = EventHub::default();
         let enforcer = Enforcer::new(docker.clone(), hub.clone(), false, ContainerAction::Stop);
         let resolver = StaticResolver(
@@ -1413,18 +1365,14 @@ runtime_policies:
             .collect();
         let snap = snapshot(metas.iter().map(|m| running(m, 1 << 20)).collect());
         e.evaluate(&snap).await;
-        assert_eq!(docker.tops.load(Ordering::Relaxed), 300);
+        assert_eq!(docker.calls("top"), 300);
         let start = Instant::now();
         for _ in 0..20 {
             e.evaluate(&snap).await;
         }
         let each = start.elapsed() / 20;
         eprintln!("evaluation of 300 unchanged containers: {each:?}");
-        assert_eq!(
-            docker.tops.load(Ordering::Relaxed),
-            300,
-            "process listings are cached"
-        );
+        assert_eq!(docker.calls("top"), 300, "process listings are cached");
         // 300 containers x (2 processes, 1 published and 1 exposed port), every one still open.
         assert_eq!(e.active().len(), 300 * 4);
         assert!(each < Duration::from_millis(100), "{each:?}");

@@ -413,11 +413,7 @@ mod tests {
     }
 
     fn top(name: &str) -> ContainerTopResponse {
-        let path = format!(
-            "{}/tests/fixtures/docker/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        crate::docker::fake::fixture(name)
     }
 
     #[test]

@@ -403,6 +403,37 @@ pub fn require(program: &str, package: &str) {
     );
 }
 
+/// Pipes an exposition through `promtool check metrics` and panics, with promtool's complaints
+/// and the text, unless it passes without a word. Panics with the install command when
+/// promtool is missing.
+pub fn assert_promtool_clean(body: &str) {
+    use std::io::Write;
+    require("promtool", "prometheus");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(body.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("waiting for promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\n{body}"
+    );
+}
+
 /// The block device backing Docker's data root, e.g. `/dev/vda`, for `--device-write-bps`.
 ///
 /// On cgroup v1 some kernels only account block I/O for devices that have a throttle rule, so
