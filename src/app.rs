@@ -6,7 +6,7 @@ use anyhow::Context;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::anomaly::Anomaly;
 use crate::cli::RunArgs;
@@ -38,6 +38,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     // Handed to the policy engine, which calls it for CRITICAL violations.
+    if args.enforce.enabled && args.policy.file.is_none() {
+        warn!(
+            "--enforce with the built-in example policy: CRITICAL violations of any container \
+             on this host (reachable mount/ptrace) will be acted on; write a policy file with \
+             selectors before enforcing"
+        );
+    }
     let enforcer = Enforcer::from_args(docker.clone(), hub.clone(), &args.enforce)
         .context("configuring quarantine")?;
     let fast_path =

@@ -49,8 +49,9 @@ pub struct RunArgs {
     )]
     pub telemetry_path: String,
 
-    /// Docker Engine address: unix:///path, tcp://host:port or http://host:port. Defaults to
-    /// $DOCKER_HOST, else the local socket.
+    /// Docker Engine address: unix:///path, tcp://host:port, http://host:port or
+    /// https://host:port (client certificates from $DOCKER_CERT_PATH when $DOCKER_TLS_VERIFY is
+    /// set). Defaults to $DOCKER_HOST, else the local socket.
     #[arg(
         long = "docker.host",
         value_name = "URL",

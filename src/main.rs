@@ -62,9 +62,14 @@ fn init_tracing(level: &str, format: LogFormat) {
     let writer = std::io::stdout
         .with_filter(|meta: &tracing::Metadata<'_>| meta.target() == "dockwatch::events")
         .or_else(std::io::stderr);
+    // A log write that fails (the reader of a pipe went away) must not panic the task that
+    // logged: tracing-subscriber reports such failures with `eprintln!`, which panics when
+    // stderr is that same broken pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
