@@ -24,6 +24,19 @@ fn policy(prefix: &str, mode: &str) -> std::path::PathBuf {
     path
 }
 
+/// dockwatch with `--enforce` under the policy `file`, quarantining with `action`.
+fn enforcing(file: &std::path::Path, action: &str) -> Dockwatch {
+    Dockwatch::start(&[
+        "--collect.interval",
+        "2s",
+        "--policy.file",
+        file.to_str().unwrap(),
+        "--enforce",
+        "--enforce.action",
+        action,
+    ])
+}
+
 fn state(c: &Container) -> String {
     docker(&["inspect", "-f", "{{.State.Status}}", &c.name])
 }
@@ -42,15 +55,7 @@ fn enforce_pauses_a_critical_violator_and_leaves_compliant_containers_alone() {
     let img = image();
     let prefix = common::unique("qenf");
     let file = policy(&prefix, "enforce");
-    let dw = Dockwatch::start(&[
-        "--collect.interval",
-        "2s",
-        "--policy.file",
-        file.to_str().unwrap(),
-        "--enforce",
-        "--enforce.action",
-        "pause",
-    ]);
+    let dw = enforcing(&file, "pause");
     let compliant = Container::run(&format!("{prefix}-ok"), &[], &img, &["sleep", "3600"]);
     let violator = Container::run(
         &format!("{prefix}-bad"),
@@ -95,15 +100,7 @@ fn dry_run_policy_is_reported_but_not_acted_on_even_with_enforce() {
     let img = image();
     let prefix = common::unique("qdry");
     let file = policy(&prefix, "dry-run");
-    let dw = Dockwatch::start(&[
-        "--collect.interval",
-        "2s",
-        "--policy.file",
-        file.to_str().unwrap(),
-        "--enforce",
-        "--enforce.action",
-        "stop",
-    ]);
+    let dw = enforcing(&file, "stop");
     let violator = Container::run(
         &format!("{prefix}-bad"),
         &["--cap-add", "SYS_ADMIN"],
