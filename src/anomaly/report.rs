@@ -57,13 +57,12 @@ pub enum ReportFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// The server could not be reached or the answer not read.
-    #[error("requesting {url}: {source}")]
+    #[error("requesting {url}: {cause}")]
     Http {
         /// What was requested.
         url: String,
-        /// The cause.
-        #[source]
-        source: Box<ureq::Error>,
+        /// The cause (in the message, not a chained source).
+        cause: Box<ureq::Error>,
     },
     /// The server answered with an error status.
     #[error("requesting {url}: status {status}: {body}")]
@@ -76,13 +75,12 @@ pub enum ReportError {
         body: String,
     },
     /// The answer was not the JSON expected.
-    #[error("decoding the answer of {url}: {source}")]
+    #[error("decoding the answer of {url}: {cause}")]
     Decode {
         /// What was requested.
         url: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
+        /// The cause (in the message, not a chained source).
+        cause: serde_json::Error,
     },
     /// Prometheus rejected a query.
     #[error("prometheus query {query:?} failed: {error}")]
@@ -251,9 +249,9 @@ fn get_json<T: serde::de::DeserializeOwned>(
     url: &str,
     query: &[(&str, &str)],
 ) -> Result<(u16, Result<T, serde_json::Error>, String), ReportError> {
-    let http = |source| ReportError::Http {
+    let http = |cause| ReportError::Http {
         url: url.to_string(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     };
     let mut request = agent.get(url);
     for (k, v) in query {
@@ -290,7 +288,7 @@ fn from_dockwatch(
             body: body.chars().take(200).collect(),
         });
     }
-    let doc = doc.map_err(|source| ReportError::Decode { url, source })?;
+    let doc = doc.map_err(|cause| ReportError::Decode { url, cause })?;
     Ok(Report {
         source: format!(
             "live windows of dockwatch at {base} (last {}, at most {} samples)",
@@ -344,7 +342,7 @@ fn instant(
     let parsed = match parsed {
         Ok(p) => p,
         Err(source) if (200..300).contains(&status) => {
-            return Err(ReportError::Decode { url, source });
+            return Err(ReportError::Decode { url, cause: source });
         }
         Err(_) => {
             return Err(ReportError::Status {

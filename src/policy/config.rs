@@ -30,13 +30,12 @@ pub const DEFAULT_SOURCE: &str = "<built-in default policy>";
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFileError {
     /// The file could not be read.
-    #[error("reading policy file {file}: {source}")]
+    #[error("reading policy file {file}: {cause}")]
     Read {
         /// The file.
         file: String,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said (in the message, not a chained source).
+        cause: std::io::Error,
     },
     /// The YAML is malformed or a field is wrong.
     #[error("{file}:{line}:{column}: {message}")]
@@ -505,9 +504,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
 /// Reads and validates a policy file.
 pub fn load_file(path: &Path) -> Result<PolicyFile, PolicyFileError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| PolicyFileError::Read {
         file: file.clone(),
-        source,
+        cause,
     })?;
     parse(&file, &text)
 }

@@ -119,13 +119,12 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// Unreadable.
-    #[error("reading report {file}: {source}")]
+    #[error("reading report {file}: {cause}")]
     Read {
         /// The file.
         file: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
+        /// Cause (in the message, not a chained source).
+        cause: std::io::Error,
     },
     /// Not JSON, or not a Trivy or Grype report.
     #[error("{file}:{line}:{column}: {message}")]
@@ -395,7 +394,7 @@ pub fn load_dir(dir: &Path) -> (ReportIndex, Vec<ReportError>) {
             Err(source) => {
                 errors.push(ReportError::Read {
                     file: path.display().to_string(),
-                    source,
+                    cause: source,
                 });
                 continue;
             }
