@@ -226,7 +226,6 @@ async fn cycle_time(
         CollectorConfig {
             interval: Duration::from_secs(3600),
             concurrency,
-            host: false,
         },
     );
     c.collect_once(true).await;

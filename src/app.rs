@@ -37,7 +37,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    // Handed to the policy engine, which calls it for CRITICAL violations.
     if args.enforce.enabled && args.policy.file.is_none() {
         warn!(
             "--enforce with the built-in example policy: CRITICAL violations of any container \
@@ -45,6 +44,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              selectors before enforcing"
         );
     }
+    // Handed to the policy engine, which calls it for CRITICAL violations.
     let enforcer = Enforcer::from_args(docker.clone(), hub.clone(), &args.enforce)
         .context("configuring quarantine")?;
     let fast_path =
@@ -57,7 +57,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         CollectorConfig {
             interval: args.interval,
             concurrency: args.concurrency,
-            host: args.host,
         },
     );
 

@@ -69,7 +69,6 @@ fn collector(docker: Arc<FakeDocker>, fast: Option<Arc<dyn UsageReader>>) -> Arc
         CollectorConfig {
             interval: Duration::from_secs(3600),
             concurrency: 4,
-            host: false,
         },
     )
 }

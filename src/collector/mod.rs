@@ -124,8 +124,6 @@ pub struct CollectorConfig {
     pub interval: Duration,
     /// Most container reads in flight at once.
     pub concurrency: usize,
-    /// Whether to read the host.
-    pub host: bool,
 }
 
 /// Owns the collection state and publishes snapshots.

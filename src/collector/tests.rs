@@ -13,7 +13,6 @@ fn collector(engine: Arc<FakeDocker>) -> Arc<Collector> {
         CollectorConfig {
             interval: Duration::from_secs(15),
             concurrency: 4,
-            host: false,
         },
     )
 }
